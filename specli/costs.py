@@ -1,0 +1,404 @@
+"""A measured cost model for speculative decoding and a per-round K policy.
+
+Pure: no I/O, no models, no clocks, no global state. The engine measures seconds and
+feeds them in; the policy answers "how many tokens to draft this round".
+
+The model (Leviathan et al., 2023, "Fast Inference from Transformers via Speculative
+Decoding"), with per-token acceptance rate alpha, K drafted tokens, draft cost t_d per
+token and target cost t_v(n) for verifying a batch of n tokens:
+
+    E(K)    = sum_{j=0..K} alpha^j = (1 - alpha^(K+1)) / (1 - alpha)   (K + 1 at alpha = 1)
+    T(K)    = K * t_d + t_v(K + 1)                 seconds per round
+    rate(K) = E(K) / T(K)                          tokens per second; rate(0) = 1 / t_v(1)
+    speedup(K) = rate(K) / rate(0) = E(K) * t_v(1) / (K * t_d + t_v(K + 1))
+
+On a GPU t_v(n) is nearly flat in n and t_d << t_v(1), so large K pays. On a small CPU
+t_v(n) grows with n and t_d is about half of t_v(1), so no K > 0 may pay; the policy
+then returns K = 0 (the target alone) and re-probes now and then.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Union
+
+CostCurve = Union[Callable[[int], float], Sequence[float]]
+"""t_v as a callable n -> seconds, or a sequence where t_v[n - 1] is the cost of batch n."""
+
+
+# --------------------------------------------------------------------------- pure formulas
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Expected tokens one round yields: E(K) = (1 - alpha^(K+1)) / (1 - alpha).
+
+    The round accepts j drafts with probability alpha^j (1 - alpha) (j < K) or all K
+    with probability alpha^K, and always adds one target token (the correction or the
+    bonus), so E(K) = sum_{j=0..K} alpha^j. Summed directly: stable at alpha -> 1,
+    where E(K) -> K + 1.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    return math.fsum(alpha**j for j in range(k + 1))
+
+
+def _cost_fn(t_v: CostCurve) -> Callable[[int], float]:
+    if callable(t_v):
+        return t_v
+    return lambda n: t_v[n - 1]
+
+
+def round_seconds(k: int, t_d: float, t_v: CostCurve) -> float:
+    """Seconds one round costs: T(K) = K * t_d + t_v(K + 1)."""
+    return k * t_d + _cost_fn(t_v)(k + 1)
+
+
+def tokens_per_second(alpha: float, k: int, t_d: float, t_v: CostCurve) -> float:
+    """Predicted throughput with K drafts: E(K) / (K * t_d + t_v(K + 1))."""
+    return expected_tokens(alpha, k) / round_seconds(k, t_d, t_v)
+
+
+def predicted_speedup(alpha: float, k: int, t_d: float, t_v: CostCurve) -> float:
+    """Predicted speedup over the target alone: E(K) * t_v(1) / (K * t_d + t_v(K + 1))."""
+    return expected_tokens(alpha, k) * _cost_fn(t_v)(1) / round_seconds(k, t_d, t_v)
+
+
+def best_k(alpha: float, k_max: int, t_d: float, t_v: CostCurve) -> int:
+    """The K in 0..k_max with the highest predicted tokens per second (ties: smaller K)."""
+    rates = [tokens_per_second(alpha, k, t_d, t_v) for k in range(k_max + 1)]
+    return max(range(k_max + 1), key=lambda k: (rates[k], -k))
+
+
+# --------------------------------------------------------------------------- estimators
+
+
+class WindowedMedian:
+    """Median of the last `window` samples; `prior` until the first sample arrives.
+
+    A median, not a mean: one slow call (a page fault, a scheduler hiccup) must not
+    move the estimate that decides K.
+    """
+
+    def __init__(self, prior: float, window: int = 9) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.prior = prior
+        self._samples: deque[float] = deque(maxlen=window)
+        self.count = 0  # all samples ever seen, not only those in the window
+
+    def add(self, x: float) -> None:
+        if not (x >= 0.0 and math.isfinite(x)):
+            raise ValueError(f"sample must be finite and >= 0, got {x}")
+        self._samples.append(x)
+        self.count += 1
+
+    @property
+    def value(self) -> float:
+        return statistics.median(self._samples) if self._samples else self.prior
+
+
+class AcceptanceRate:
+    """Per-token acceptance rate alpha, an exponential moving average over outcomes.
+
+    A round that drafts k tokens and accepts n reveals n acceptances and, when n < k,
+    one rejection. The drafts after the first rejection were never judged, so they are
+    not counted as rejections (counting them would bias alpha low by a lot at large k).
+
+    Alongside alpha it tracks the mean draft confidence q over the same judged tokens,
+    so a draft's own probability can be calibrated into an acceptance probability.
+    """
+
+    def __init__(self, prior: float = 0.8, weight: float = 0.05) -> None:
+        if not 0.0 <= prior <= 1.0:
+            raise ValueError(f"prior must be in [0, 1], got {prior}")
+        if not 0.0 < weight <= 1.0:
+            raise ValueError(f"weight must be in (0, 1], got {weight}")
+        self.value = prior
+        self.mean_confidence = prior
+        self.weight = weight
+        self.count = 0  # judged tokens seen
+
+    def add(self, accepted: bool, confidence: float | None = None) -> None:
+        """One judged draft token: alpha += w * (accepted - alpha)."""
+        self.value += self.weight * (float(accepted) - self.value)
+        if confidence is not None:
+            self.mean_confidence += self.weight * (confidence - self.mean_confidence)
+        self.count += 1
+
+    def observe(self, k: int, n_accepted: int, draft_probs: Sequence[float] | None = None) -> None:
+        """One round: k drafted, the first n_accepted accepted; draft_probs[i] is q of draft i."""
+        if not 0 <= n_accepted <= k:
+            raise ValueError(f"need 0 <= n_accepted <= k, got n_accepted={n_accepted}, k={k}")
+        judged = min(k, n_accepted + 1)
+        for i in range(judged):
+            confidence = draft_probs[i] if draft_probs is not None else None
+            self.add(i < n_accepted, confidence)
+
+    def calibrate(self, q: float) -> float:
+        """Acceptance probability of a draft token the draft model gave probability q.
+
+        Scales q so that the mean calibrated value equals the measured alpha:
+        clip(q * alpha / mean_q, 0, 1).
+        """
+        if self.mean_confidence <= 0.0:
+            return self.value
+        return min(1.0, max(0.0, q * self.value / self.mean_confidence))
+
+
+class VerifyCost:
+    """Target cost t_v(n) of one decode call over a batch of n tokens, n = 1..n_max.
+
+    Each batch size keeps its own windowed median. An unmeasured n is estimated from
+    the measured ones: with two or more sizes measured, a least-squares line a + b*n
+    (slope clamped >= 0: a bigger batch never costs less); with one, the prior shape
+    t1 * (1 + slope * (n - 1)) scaled through that point; with none, the prior itself.
+    One instance may be shared by several policies (model drafts and n-gram drafts
+    verify with the same target).
+    """
+
+    def __init__(
+        self, n_max: int, *, prior_t1: float = 0.03, prior_slope: float = 0.15, window: int = 9
+    ) -> None:
+        if n_max < 1:
+            raise ValueError(f"n_max must be >= 1, got {n_max}")
+        self.n_max = n_max
+        self.prior_t1 = prior_t1
+        self.prior_slope = prior_slope
+        self._by_n = [WindowedMedian(0.0, window) for _ in range(n_max)]
+        self._table: list[float] | None = None  # cached estimates, invalidated on observe
+
+    def observe(self, n: int, seconds: float) -> None:
+        """One decode call over n tokens took `seconds`."""
+        if not 1 <= n <= self.n_max:
+            raise ValueError(f"batch size must be in 1..{self.n_max}, got {n}")
+        self._by_n[n - 1].add(seconds)
+        self._table = None
+
+    def count(self, n: int) -> int:
+        """How many calls of batch size n have been observed."""
+        return self._by_n[n - 1].count
+
+    def __call__(self, n: int) -> float:
+        if not 1 <= n <= self.n_max:
+            raise ValueError(f"batch size must be in 1..{self.n_max}, got {n}")
+        return self.table()[n - 1]
+
+    def table(self) -> list[float]:
+        """Estimates for n = 1..n_max (index n - 1)."""
+        if self._table is None:
+            self._table = self._estimate()
+        return list(self._table)
+
+    def _estimate(self) -> list[float]:
+        measured = {n: est.value for n, est in enumerate(self._by_n, start=1) if est.count}
+        a, b = self._line(measured)
+        floor = 1e-9  # a cost of zero would make the rate infinite
+        return [max(floor, measured.get(n, a + b * n)) for n in range(1, self.n_max + 1)]
+
+    def _line(self, measured: dict[int, float]) -> tuple[float, float]:
+        """Intercept and slope of the curve used for unmeasured sizes."""
+        if len(measured) >= 2:
+            xs, ys = list(measured), list(measured.values())
+            mx, my = statistics.fmean(xs), statistics.fmean(ys)
+            sxx = sum((x - mx) ** 2 for x in xs)
+            b = max(0.0, sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx)
+            return my - b * mx, b
+        if len(measured) == 1:
+            (n0, y0), = measured.items()
+            t1 = y0 / (1.0 + self.prior_slope * (n0 - 1))
+        else:
+            t1 = self.prior_t1
+        return t1 * (1.0 - self.prior_slope), t1 * self.prior_slope
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+@dataclass(frozen=True)
+class CostSnapshot:
+    """What the policy currently believes, for stats and rendering."""
+
+    alpha: float
+    t_draft: float  # seconds per draft token
+    t_verify: tuple[float, ...]  # t_verify[n - 1] = seconds to verify a batch of n
+    k_best: int  # the greedy choice, before any probing
+    speedup: float  # predicted speedup of k_best over the target alone
+
+
+class KPolicy:
+    """Chooses K per round from measured costs and acceptance; see the module docstring.
+
+    Use one policy per drafter. For a free drafter (n-gram lookup) pass draft_cost=0.0;
+    to let two policies learn the same target curve pass one VerifyCost as `verify`.
+
+    Probing (deterministic, no RNG): while the greedy choice is 0, every `probe_every`
+    observed rounds it returns `probe_k` once, so a falling cost or rising alpha is
+    noticed. While the greedy choice is > 0 and t_v(1) has fewer than
+    `min_baseline_samples` measurements, it returns 0 in the second round and then once
+    every `probe_every` rounds, so the baseline it compares against is measured.
+    """
+
+    def __init__(
+        self,
+        k_max: int,
+        *,
+        verify: VerifyCost | None = None,
+        draft_cost: float | None = None,
+        prior_alpha: float = 0.8,
+        prior_draft_ratio: float = 0.25,
+        alpha_weight: float = 0.05,
+        probe_every: int = 16,
+        probe_k: int = 2,
+        min_baseline_samples: int = 3,
+        window: int = 9,
+    ) -> None:
+        if k_max < 0:
+            raise ValueError(f"k_max must be >= 0, got {k_max}")
+        if verify is not None and verify.n_max < k_max + 1:
+            raise ValueError(f"verify covers batches up to {verify.n_max}, need {k_max + 1}")
+        if probe_every < 1:
+            raise ValueError(f"probe_every must be >= 1, got {probe_every}")
+        self.k_max = k_max
+        self.verify = verify if verify is not None else VerifyCost(k_max + 1, window=window)
+        self.acceptance = AcceptanceRate(prior_alpha, alpha_weight)
+        self.fixed_draft_cost = draft_cost
+        self.prior_draft_ratio = prior_draft_ratio
+        self._draft = WindowedMedian(math.nan, window)
+        self.probe_every = probe_every
+        self.probe_k = min(max(1, probe_k), k_max) if k_max else 0
+        self.min_baseline_samples = min_baseline_samples
+        self.rounds = 0
+        self._since_spec = 0  # observed rounds since the last K > 0 round
+        self._since_baseline = 0  # observed rounds since the last K = 0 round
+
+    # ---- current estimates
+
+    @property
+    def alpha(self) -> float:
+        return self.acceptance.value
+
+    @property
+    def t_draft(self) -> float:
+        """Seconds per draft token: fixed if given, else measured, else a prior ratio of t_v(1)."""
+        if self.fixed_draft_cost is not None:
+            return self.fixed_draft_cost
+        if self._draft.count:
+            return self._draft.value
+        return self.prior_draft_ratio * self.verify(1)
+
+    def t_verify(self, n: int) -> float:
+        return self.verify(n)
+
+    def _rates(self, alpha: float, t_d: float) -> list[float]:
+        """rate(K) for K = 0..k_max; E(K) built incrementally (E(K) = E(K-1) + alpha^K)."""
+        t_v = self.verify.table()
+        rates, e_k, a_k = [], 0.0, 1.0
+        for k in range(self.k_max + 1):
+            e_k, a_k = e_k + a_k, a_k * alpha
+            rates.append(e_k / (k * t_d + t_v[k]))
+        return rates
+
+    def _resolve(self, alpha: float | None, draft_cost: float | None) -> tuple[float, float]:
+        return (self.alpha if alpha is None else alpha,
+                self.t_draft if draft_cost is None else draft_cost)
+
+    # ---- decisions
+
+    def greedy_k(self, *, alpha: float | None = None, draft_cost: float | None = None) -> int:
+        """argmax_K E(K) / (K * t_d + t_v(K + 1)) over 0..k_max, without probing."""
+        alpha, t_d = self._resolve(alpha, draft_cost)
+        rates = self._rates(alpha, t_d)
+        return max(range(self.k_max + 1), key=lambda k: (rates[k], -k))
+
+    def choose_k(self, *, alpha: float | None = None, draft_cost: float | None = None) -> int:
+        """K for the next round: the greedy choice, except on a probe round (see class doc).
+
+        Depends only on what has been observed, so calling it twice without an
+        observe_round in between returns the same K.
+        """
+        k = self.greedy_k(alpha=alpha, draft_cost=draft_cost)
+        if k == 0 and self._since_spec >= self.probe_every:
+            return self.probe_k
+        n_baseline = self.verify.count(1)
+        # Measure t_v(1) early (the second round) and then now and then until it has a few
+        # samples: extrapolated from larger batches it may be far off, and it is the
+        # baseline every K > 0 is compared against.
+        gap = 1 if n_baseline == 0 else self.probe_every
+        if k > 0 and self._since_baseline >= gap and n_baseline < self.min_baseline_samples:
+            return 0
+        return k
+
+    def keep_drafting(
+        self, n_drafted: int, p_all_accepted: float, *, draft_cost: float | None = None
+    ) -> bool:
+        """Whether to draft token n_drafted + 1, given n_drafted drafts so far.
+
+        p_all_accepted: predicted probability that all n_drafted drafts are accepted,
+        e.g. the product of token_accept_prob(q_i) over them (1.0 when n_drafted = 0).
+        The next draft is predicted accepted with probability alpha. Drafting it adds
+        P(all n_drafted + 1 accepted) expected tokens, each worth the time a token costs
+        at the best rate, 1 / max_K rate(K) (= t_v(1) when K = 0 is best); it costs
+        t_d + t_v(n_drafted + 2) - t_v(n_drafted + 1). Draft while gain > cost.
+        Valuing a token at t_v(1) instead would overshoot the rate-optimal K.
+        """
+        if n_drafted >= self.k_max:
+            return False
+        alpha, t_d = self._resolve(None, draft_cost)
+        seconds_per_token = 1.0 / max(self._rates(alpha, t_d))
+        gain = p_all_accepted * alpha * seconds_per_token
+        cost = t_d + self.verify(n_drafted + 2) - self.verify(n_drafted + 1)
+        return gain > cost
+
+    def token_accept_prob(self, q_token_prob: float) -> float:
+        """Calibrated acceptance probability of a draft token with draft probability q."""
+        return self.acceptance.calibrate(q_token_prob)
+
+    # ---- learning
+
+    def observe_round(
+        self,
+        k: int,
+        n_accepted: int,
+        draft_seconds: float,
+        verify_seconds: float,
+        *,
+        draft_probs: Sequence[float] | None = None,
+    ) -> None:
+        """Learn from one finished round.
+
+        k: drafts sent to the target (the verify batch was k + 1 tokens); n_accepted:
+        how many of them were accepted; draft_seconds: time spent drafting those k
+        tokens (exclude catching the draft's cache up after K = 0 rounds); verify_seconds:
+        the one target decode call over k + 1 tokens; draft_probs: the draft model's
+        probability of each drafted token, to calibrate token_accept_prob.
+        """
+        if not 0 <= k <= self.k_max:
+            raise ValueError(f"k must be in 0..{self.k_max}, got {k}")
+        self.verify.observe(k + 1, verify_seconds)
+        self.rounds += 1
+        if k == 0:
+            self._since_spec += 1
+            self._since_baseline = 0
+            return
+        self._since_baseline += 1
+        self._since_spec = 0
+        self.acceptance.observe(k, n_accepted, draft_probs)
+        if self.fixed_draft_cost is None:
+            self._draft.add(draft_seconds / k)
+
+    def snapshot(self) -> CostSnapshot:
+        k = self.greedy_k()
+        t_v = self.verify.table()
+        return CostSnapshot(
+            alpha=self.alpha,
+            t_draft=self.t_draft,
+            t_verify=tuple(t_v),
+            k_best=k,
+            speedup=predicted_speedup(self.alpha, k, self.t_draft, t_v),
+        )

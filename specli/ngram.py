@@ -1,0 +1,127 @@
+"""Prompt-lookup (n-gram) drafting: propose tokens by copying what followed an earlier match.
+
+The drafter needs no model: if the last few tokens of the context occurred earlier (code,
+quoted prompts, repeated identifiers), the tokens that followed that earlier occurrence are
+a cheap guess at what comes next. The target model still verifies every drafted token, so
+a bad guess costs speed, never correctness.
+
+`NgramIndex` keeps, for every n-gram length n in [n_min, n_max], a map from each n-gram to
+the stack of positions where a continuation of it starts. Appending a token pushes at most
+n_max - n_min + 1 positions; rolling back pops them again, so the engine's
+draft -> verify -> rewind rounds cost O(1) per token touched, never a rescan of the context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+__all__ = ["NgramIndex"]
+
+
+class _TokensView(Sequence):
+    """Read-only view of the index's token list (no copy; reflects later changes)."""
+
+    __slots__ = ("_tokens",)
+
+    def __init__(self, tokens: list[int]) -> None:
+        self._tokens = tokens
+
+    def __getitem__(self, i):
+        return self._tokens[i]  # a slice returns a copy, so the view cannot be mutated
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def __repr__(self) -> str:
+        return f"_TokensView({self._tokens!r})"
+
+
+class NgramIndex:
+    """Incremental n-gram index over a token sequence, for prompt-lookup drafting.
+
+    Invariant: for each position p in 1..len-1 and each n in [n_min, min(n_max, p)], the
+    key ``tuple(tokens[p-n:p])`` maps to a stack holding p, in increasing order. Only
+    positions with at least one token after the n-gram are recorded, which is exactly what
+    makes the current suffix (which has no continuation yet) never match itself.
+    """
+
+    def __init__(self, n_max: int = 4, n_min: int = 1) -> None:
+        if n_min < 1 or n_max < n_min:
+            raise ValueError(f"need 1 <= n_min <= n_max, got n_min={n_min}, n_max={n_max}")
+        self.n_min = n_min
+        self.n_max = n_max
+        self._tokens: list[int] = []
+        # n-gram tuple -> continuation starts, oldest first. Tuples of different lengths
+        # never compare equal, so one dict serves every n.
+        self._starts: dict[tuple[int, ...], list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    @property
+    def tokens(self) -> Sequence[int]:
+        """The indexed sequence, as a read-only view."""
+        return _TokensView(self._tokens)
+
+    def _keys_before(self, p: int) -> Iterable[tuple[int, ...]]:
+        """The n-grams ending just before position p (those whose continuation starts at p)."""
+        t = self._tokens
+        for n in range(self.n_min, min(self.n_max, p) + 1):
+            yield tuple(t[p - n : p])
+
+    def extend(self, tokens: Iterable[int]) -> None:
+        """Append tokens; O(n_max - n_min + 1) index pushes per token, no rescan."""
+        for tok in tokens:
+            p = len(self._tokens)
+            self._tokens.append(int(tok))  # plain ints: numpy scalars would leak into drafts
+            for key in self._keys_before(p):
+                self._starts.setdefault(key, []).append(p)
+
+    def truncate(self, n: int) -> None:
+        """Roll back to the first n tokens, exactly as if the rest had never been appended.
+
+        Cost is proportional to the tokens removed: each removed position pops the entries
+        its own append pushed (always the tops of their stacks, since positions only grow).
+        """
+        if not 0 <= n <= len(self._tokens):
+            raise ValueError(f"cannot truncate {len(self._tokens)} tokens to {n}")
+        for p in range(len(self._tokens) - 1, n - 1, -1):
+            for key in self._keys_before(p):
+                self._pop(key, p)
+        del self._tokens[n:]
+
+    def _pop(self, key: tuple[int, ...], p: int) -> None:
+        stack = self._starts[key]
+        assert stack[-1] == p, "index out of step with tokens"  # a bug, never user input
+        stack.pop()
+        if not stack:
+            del self._starts[key]  # keep the dict the same as a fresh build's
+
+    def propose_with_len(self, k: int) -> tuple[list[int], int]:
+        """Draft up to k tokens and report the length of the suffix match behind them.
+
+        Takes the longest suffix (n_max down to n_min) that occurred earlier, uses its most
+        recent earlier occurrence, and returns the tokens that followed it (fewer than k if
+        the sequence ends first). Returns ([], 0) when no suffix matches. The match length
+        does not depend on k, so ``propose_with_len(0)`` is a cheap "is there a match?".
+        """
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        start, n = self._best_match()
+        if n == 0:
+            return [], 0
+        return self._tokens[start : start + k], n
+
+    def propose(self, k: int) -> list[int]:
+        """Draft up to k tokens by prompt lookup; [] when nothing matches or k == 0."""
+        return self.propose_with_len(k)[0]
+
+    def _best_match(self) -> tuple[int, int]:
+        """(continuation start, match length) of the longest, most recent match; (0, 0) if none."""
+        t = self._tokens
+        end = len(t)
+        for n in range(min(self.n_max, end), self.n_min - 1, -1):
+            stack = self._starts.get(tuple(t[end - n : end]))
+            if stack:
+                return stack[-1], n
+        return 0, 0

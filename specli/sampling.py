@@ -1,0 +1,156 @@
+"""Pure numpy sampling and speculative verification. No I/O, no models, explicit Generator.
+
+The rule (Leviathan et al. 2023; Chen et al. 2023): for draft tokens x_1..x_K sampled from
+the draft's q_i, with the target's p_i at the same positions,
+
+    accept x_i with probability min(1, p_i(x_i) / q_i(x_i));
+    at the first rejection, emit a token from norm(max(0, p_i - q_i)) and stop;
+    if all K are accepted, emit a bonus token from p_{K+1}.
+
+Every emitted token is then distributed exactly as p. A point-mass draft (an n-gram
+proposal, q = delta_x) is the same rule: accept with p(x); on rejection sample p with x
+removed and renormalised. Temperature 0 is exact greedy: accept the longest prefix that
+equals the target's argmax (ties to the lowest id), then emit the target's own token.
+
+Warps (temperature, top-k, top-p, min-p) are applied by `warp`, identically to p and q.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from specli.config import SamplingConfig
+
+
+@dataclass(frozen=True)
+class Dist:
+    """A distribution over token ids, stored sparsely: `ids` ascending, `probs` summing to 1."""
+
+    ids: np.ndarray  # [n] int64, strictly ascending
+    probs: np.ndarray  # [n] float64
+
+    @staticmethod
+    def point(token: int) -> "Dist":
+        """The point mass on `token`: the draft distribution of an n-gram proposal."""
+        return Dist(np.array([token], dtype=np.int64), np.array([1.0]))
+
+    def at(self, tokens: np.ndarray) -> np.ndarray:
+        """Probabilities of `tokens` (0 where outside the support)."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        pos = np.searchsorted(self.ids, tokens)
+        pos_c = np.minimum(pos, len(self.ids) - 1)
+        hit = self.ids[pos_c] == tokens
+        return np.where(hit, self.probs[pos_c], 0.0)
+
+    def prob(self, token: int) -> float:
+        return float(self.at(np.array([token]))[0])
+
+    def sample(self, rng: np.random.Generator) -> int:
+        return int(self.ids[_sample_index(self.probs, rng)])
+
+
+def _sample_index(probs: np.ndarray, rng: np.random.Generator) -> int:
+    cdf = np.cumsum(probs)
+    i = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+    return min(i, len(probs) - 1)  # guards the u*total == cdf[-1] rounding edge
+
+
+def greedy_token(logits: np.ndarray) -> int:
+    """argmax with ties to the lowest id (np.argmax returns the first maximum)."""
+    return int(np.argmax(logits))
+
+
+def warp(logits: np.ndarray, cfg: SamplingConfig) -> Dist:
+    """Logits [V] -> the sampling distribution: temperature, then top-k, top-p, min-p.
+
+    Only the candidate set is ever sorted: top-k uses argpartition, so a 151,936-entry
+    vocabulary costs one O(V) pass, not a full sort.
+    """
+    if cfg.greedy:
+        return Dist.point(greedy_token(logits))
+    n_vocab = logits.shape[-1]
+    if 0 < cfg.top_k < n_vocab:
+        ids = np.argpartition(logits, n_vocab - cfg.top_k)[n_vocab - cfg.top_k :]
+    else:
+        ids = np.arange(n_vocab)
+    z = logits[ids].astype(np.float64) / cfg.temperature
+    z -= z.max()
+    probs = np.exp(z)
+    probs /= probs.sum()
+    keep = np.ones(len(ids), dtype=bool)
+    if cfg.top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        before = np.cumsum(probs[order]) - probs[order]  # mass strictly above each token
+        keep[order[before >= cfg.top_p]] = False  # the top token always has before == 0
+    if cfg.min_p > 0.0:
+        keep &= probs >= cfg.min_p * probs.max()
+    ids, probs = ids[keep], probs[keep]
+    order = np.argsort(ids)
+    return Dist(ids[order].astype(np.int64), probs[order] / probs[order].sum())
+
+
+def accept_probability(p: Dist, q: Dist, token: int) -> float:
+    """min(1, p(x)/q(x)) for a draft token x drawn from q (so q(x) > 0)."""
+    qx = q.prob(token)
+    if qx <= 0.0:
+        return 0.0  # cannot happen for a token sampled from q; reject defensively
+    return min(1.0, p.prob(token) / qx)
+
+
+def residual(p: Dist, q: Dist) -> Dist:
+    """norm(max(0, p - q)): what a rejection samples from. Falls back to p if p <= q everywhere.
+
+    That fallback only arises through rounding: a rejection implies p(x) < q(x) for the
+    drafted x, and then, both summing to 1, p > q somewhere else.
+    """
+    support = np.union1d(p.ids, q.ids)
+    r = np.maximum(p.at(support) - q.at(support), 0.0)
+    total = r.sum()
+    if not total > 1e-12:
+        return p
+    nz = r > 0
+    return Dist(support[nz], r[nz] / total)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of one verification: `n_accepted` drafts kept, then one `token` from the target.
+
+    `accept_probs[i]` is the probability with which draft i was (or would have been)
+    accepted, for the drafts examined: all accepted ones and the first rejected one.
+    `bonus` is True when every draft was accepted and `token` came from p_{K+1}.
+    """
+
+    n_accepted: int
+    token: int
+    accept_probs: tuple[float, ...]
+    bonus: bool
+
+
+def verify(
+    draft_tokens: Sequence[int],
+    q_draft: Sequence[Dist],  # K distributions the drafts were sampled from
+    p_target: Sequence[Dist],  # K + 1 target distributions at the same positions
+    rng: np.random.Generator,
+) -> Verdict:
+    """Speculative rejection sampling over one round of K drafts."""
+    probs: list[float] = []
+    for i, x in enumerate(draft_tokens):
+        a = accept_probability(p_target[i], q_draft[i], x)
+        probs.append(a)
+        if rng.random() >= a:  # rejected: a == 1 never rejects, a == 0 always does
+            return Verdict(i, residual(p_target[i], q_draft[i]).sample(rng), tuple(probs), False)
+    k = len(draft_tokens)
+    return Verdict(k, p_target[k].sample(rng), tuple(probs), True)
+
+
+def verify_greedy(draft_tokens: Sequence[int], target_argmax: Sequence[int]) -> Verdict:
+    """Temperature 0: keep the longest prefix equal to the target's argmax [K+1], then its token."""
+    n = 0
+    while n < len(draft_tokens) and draft_tokens[n] == target_argmax[n]:
+        n += 1
+    probs = (1.0,) * n + ((0.0,) if n < len(draft_tokens) else ())
+    return Verdict(n, int(target_argmax[n]), probs, n == len(draft_tokens))

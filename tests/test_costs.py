@@ -1,0 +1,302 @@
+"""The cost model and K policy: formulas, estimators, and decisions on synthetic curves."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from specli.costs import (
+    AcceptanceRate,
+    KPolicy,
+    VerifyCost,
+    WindowedMedian,
+    best_k,
+    expected_tokens,
+    predicted_speedup,
+    tokens_per_second,
+)
+
+T1 = 0.032  # seconds per target token, as measured for the 1.5B target on the CPU
+
+
+def cpu_curve(n: int) -> float:
+    """Verify cost growing ~0.6 * t_v(1) per extra token, as on a 2-core CPU."""
+    return T1 * (1.0 + 0.6 * (n - 1))
+
+
+def gpu_curve(n: int) -> float:
+    """Verify cost flat in batch size, as on a GPU."""
+    return T1
+
+
+def simulate_round(rng: np.random.Generator, alpha: float, k: int) -> int:
+    """Drafts accepted in one round when each is accepted independently with prob alpha."""
+    n = 0
+    while n < k and rng.random() < alpha:
+        n += 1
+    return n
+
+
+def run_rounds(policy: KPolicy, rounds: int, alpha: float, t_d: float, t_v, seed: int = 0):
+    """Drive the policy with synthetic timings; return the K it chose each round."""
+    rng = np.random.default_rng(seed)
+    ks = []
+    for _ in range(rounds):
+        k = policy.choose_k()
+        ks.append(k)
+        policy.observe_round(k, simulate_round(rng, alpha, k), k * t_d, t_v(k + 1))
+    return ks
+
+
+# --------------------------------------------------------------------------- E(K)
+
+
+@given(st.floats(0.0, 0.999), st.integers(0, 64))
+def test_expected_tokens_matches_closed_form(alpha, k):
+    closed = (1 - alpha ** (k + 1)) / (1 - alpha)
+    assert math.isclose(expected_tokens(alpha, k), closed, rel_tol=1e-9)
+
+
+@given(st.floats(0.0, 1.0), st.integers(0, 20))
+def test_expected_tokens_matches_enumeration(alpha, k):
+    # P(j accepted) = alpha^j (1 - alpha) for j < k, alpha^k for j = k; tokens = j + 1.
+    enumerated = sum((j + 1) * alpha**j * (1 - alpha) for j in range(k)) + (k + 1) * alpha**k
+    assert math.isclose(expected_tokens(alpha, k), enumerated, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_expected_tokens_matches_simulation():
+    rng = np.random.default_rng(1)
+    alpha, k, rounds = 0.7, 5, 40_000
+    mean = np.mean([simulate_round(rng, alpha, k) + 1 for _ in range(rounds)])
+    assert mean == pytest.approx(expected_tokens(alpha, k), rel=0.02)
+
+
+@pytest.mark.parametrize("k", [0, 1, 4, 64])
+def test_expected_tokens_alpha_one_limit(k):
+    assert expected_tokens(1.0, k) == k + 1
+    assert expected_tokens(1.0 - 1e-12, k) == pytest.approx(k + 1)
+    assert expected_tokens(0.0, k) == 1.0
+
+
+def test_expected_tokens_rejects_bad_input():
+    with pytest.raises(ValueError):
+        expected_tokens(1.5, 2)
+    with pytest.raises(ValueError):
+        expected_tokens(0.5, -1)
+
+
+def test_speedup_formula_and_curve_forms():
+    table = [cpu_curve(n) for n in range(1, 10)]
+    for k in range(8):
+        by_fn = predicted_speedup(0.9, k, 0.55 * T1, cpu_curve)
+        by_table = predicted_speedup(0.9, k, 0.55 * T1, table)
+        expected = expected_tokens(0.9, k) * T1 / (k * 0.55 * T1 + cpu_curve(k + 1))
+        assert by_fn == pytest.approx(expected) == pytest.approx(by_table)
+    assert predicted_speedup(0.9, 0, 0.55 * T1, cpu_curve) == pytest.approx(1.0)
+    assert tokens_per_second(0.9, 0, 0.0, gpu_curve) == pytest.approx(1 / T1)
+
+
+def test_best_k_on_known_curves():
+    assert best_k(0.9, 8, 0.55 * T1, cpu_curve) == 0
+    assert best_k(0.9, 8, 0.1 * T1, gpu_curve) == 8
+    assert best_k(0.9, 16, 0.1 * T1, gpu_curve) in (9, 10)
+    assert best_k(0.9, 8, 0.0, cpu_curve) in (2, 3)
+
+
+# --------------------------------------------------------------------------- estimators
+
+
+def test_windowed_median_prior_then_robust_to_outlier():
+    est = WindowedMedian(prior=0.5, window=5)
+    assert est.value == 0.5
+    for x in [1.0, 1.1, 50.0, 0.9, 1.0]:
+        est.add(x)
+    assert est.value == 1.0
+    assert est.count == 5
+
+
+def test_acceptance_counts_only_judged_drafts():
+    acc = AcceptanceRate(prior=0.5, weight=1.0)  # weight 1: value is the last outcome
+    acc.observe(8, 8)
+    assert acc.value == 1.0 and acc.count == 8
+    acc.observe(8, 2)  # two accepted, one rejected, five never judged
+    assert acc.value == 0.0 and acc.count == 8 + 3
+
+
+def test_acceptance_calibration_mean_matches_alpha():
+    acc = AcceptanceRate(prior=0.5, weight=0.02)
+    for _ in range(500):
+        acc.observe(4, 2, draft_probs=[0.9, 0.8, 0.3, 0.1])
+    # judged tokens: q = 0.9, 0.8 (accepted) and 0.3 (rejected): alpha ~ 2/3, mean q ~ 2/3.
+    assert acc.value == pytest.approx(2 / 3, abs=0.03)
+    assert acc.calibrate(acc.mean_confidence) == pytest.approx(acc.value)
+    assert acc.calibrate(0.0) == 0.0 and acc.calibrate(1.0) <= 1.0
+
+
+def test_verify_cost_prior_one_point_and_fit():
+    vc = VerifyCost(9, prior_t1=0.03, prior_slope=0.15)
+    assert vc(1) == pytest.approx(0.03)
+    assert vc(5) == pytest.approx(0.03 * (1 + 0.15 * 4))
+    vc.observe(5, 0.16)  # one point: the prior shape scaled through it
+    assert vc(5) == pytest.approx(0.16)
+    assert vc(1) == pytest.approx(0.16 / 1.6)
+    for n in (1, 3):  # two or more points: an affine fit on the CPU curve
+        vc.observe(n, cpu_curve(n))
+    vc.observe(5, cpu_curve(5))
+    vc.observe(5, cpu_curve(5))  # the median of (0.16, c5, c5) is c5
+    for n in range(1, 10):
+        assert vc(n) == pytest.approx(cpu_curve(n), rel=1e-6)
+
+
+def test_verify_cost_slope_never_negative():
+    vc = VerifyCost(5)
+    vc.observe(1, 0.05)
+    vc.observe(3, 0.03)  # noise: a bigger batch measured cheaper
+    assert vc(5) >= vc(3) and vc(2) > 0
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+def test_cpu_curve_speculation_cannot_pay_so_k_is_zero():
+    policy = KPolicy(8)
+    ks = run_rounds(policy, 200, alpha=0.9, t_d=0.55 * T1, t_v=cpu_curve)
+    assert ks[-1] == 0
+    assert policy.greedy_k() == 0
+    assert policy.snapshot().speedup == pytest.approx(1.0)
+    assert policy.t_draft == pytest.approx(0.55 * T1)
+    # Settled: nearly every late round is K = 0, the rest are single probes.
+    assert ks[100:].count(0) >= 90
+
+
+def test_cpu_probe_then_back_to_zero():
+    policy = KPolicy(8, probe_every=16, probe_k=2)
+    ks = run_rounds(policy, 200, alpha=0.9, t_d=0.55 * T1, t_v=cpu_curve)
+    late = ks[100:]
+    probes = [i for i, k in enumerate(late) if k > 0]
+    assert probes, "no re-probe while at K = 0"
+    assert all(late[i] == 2 for i in probes)
+    for i in probes:  # each probe is a single round, followed by K = 0 again
+        if i + 1 < len(late):
+            assert late[i + 1] == 0
+    gaps = np.diff(probes)
+    assert set(gaps.tolist()) == {17}  # 16 K = 0 rounds, then the probe
+
+
+def test_probing_is_deterministic_and_choose_k_idempotent():
+    a = run_rounds(KPolicy(8), 150, alpha=0.9, t_d=0.55 * T1, t_v=cpu_curve, seed=3)
+    b = run_rounds(KPolicy(8), 150, alpha=0.9, t_d=0.55 * T1, t_v=cpu_curve, seed=3)
+    assert a == b
+    policy = KPolicy(8)
+    run_rounds(policy, 40, alpha=0.9, t_d=0.55 * T1, t_v=cpu_curve)
+    assert len({policy.choose_k() for _ in range(5)}) == 1
+
+
+def test_gpu_flat_curve_picks_large_k():
+    policy = KPolicy(8)
+    ks = run_rounds(policy, 200, alpha=0.9, t_d=0.1 * T1, t_v=gpu_curve)
+    assert ks[-1] >= 4
+    assert min(ks[50:]) >= 4
+    assert policy.alpha == pytest.approx(0.9, abs=0.08)
+    assert policy.snapshot().speedup > 2.0
+
+
+def test_baseline_is_measured_while_speculating():
+    policy = KPolicy(8, min_baseline_samples=3, probe_every=16)
+    ks = run_rounds(policy, 100, alpha=0.9, t_d=0.1 * T1, t_v=gpu_curve)
+    assert ks[1] == 0  # the second round measures t_v(1)
+    assert policy.verify.count(1) == 3
+    assert policy.t_verify(1) == pytest.approx(T1)
+
+
+def test_falling_alpha_lowers_k():
+    policy = KPolicy(8)
+    high = run_rounds(policy, 100, alpha=1.0, t_d=0.1 * T1, t_v=gpu_curve)
+    k_high = high[-1]
+    low = run_rounds(policy, 100, alpha=0.1, t_d=0.1 * T1, t_v=gpu_curve)
+    assert k_high == 8
+    assert low[-1] < k_high
+    assert policy.greedy_k() <= 2
+    assert policy.alpha < 0.3
+
+
+def test_rising_alpha_is_noticed_by_probes_with_free_drafts():
+    policy = KPolicy(8, draft_cost=0.0)
+    run_rounds(policy, 100, alpha=0.05, t_d=0.0, t_v=cpu_curve)
+    assert policy.greedy_k() == 0
+    ks = run_rounds(policy, 300, alpha=0.95, t_d=0.0, t_v=cpu_curve)
+    assert ks[-1] > 0
+
+
+def test_free_drafts_on_cpu_curve_pay():
+    policy = KPolicy(8, draft_cost=0.0)
+    ks = run_rounds(policy, 200, alpha=0.9, t_d=0.0, t_v=cpu_curve)
+    assert ks[-1] > 0
+    assert policy.t_draft == 0.0
+    # The same policy state, asked about a costly drafter, says no.
+    assert policy.greedy_k(draft_cost=0.55 * T1) == 0
+    # And a model-draft policy answers "free" through the override.
+    model = KPolicy(8)
+    run_rounds(model, 200, alpha=0.9, t_d=0.55 * T1, t_v=cpu_curve)
+    assert model.choose_k() == 0
+    assert model.greedy_k(draft_cost=0.0) > 0
+
+
+def test_shared_verify_cost_between_policies():
+    shared = VerifyCost(9)
+    model = KPolicy(8, verify=shared)
+    ngram = KPolicy(8, verify=shared, draft_cost=0.0)
+    run_rounds(model, 100, alpha=0.9, t_d=0.55 * T1, t_v=cpu_curve)
+    assert ngram.t_verify(3) == pytest.approx(cpu_curve(3), rel=1e-6)
+    with pytest.raises(ValueError):
+        KPolicy(16, verify=shared)
+
+
+def test_keep_drafting_stops_on_low_confidence_and_at_k_max():
+    policy = KPolicy(8)
+    run_rounds(policy, 200, alpha=0.9, t_d=0.1 * T1, t_v=gpu_curve)
+    assert policy.keep_drafting(0, 1.0)
+    assert policy.keep_drafting(3, 0.9**3)
+    assert not policy.keep_drafting(3, 0.01)  # the draft is unsure: stop here
+    assert not policy.keep_drafting(8, 1.0)  # k_max reached
+
+
+def test_keep_drafting_agrees_with_choose_k_when_confidence_is_alpha():
+    policy = KPolicy(16, draft_cost=0.1 * T1, prior_alpha=0.9, alpha_weight=1e-6)
+    for n in range(1, 18):
+        policy.verify.observe(n, gpu_curve(n))
+    n, p = 0, 1.0
+    while policy.keep_drafting(n, p):
+        n, p = n + 1, p * policy.alpha
+    assert abs(n - policy.choose_k()) <= 1
+
+
+def test_keep_drafting_on_cpu_curve_never_drafts():
+    policy = KPolicy(8)
+    run_rounds(policy, 200, alpha=0.9, t_d=0.55 * T1, t_v=cpu_curve)
+    assert not policy.keep_drafting(0, 1.0)
+
+
+def test_observe_round_rejects_bad_counts():
+    policy = KPolicy(4)
+    with pytest.raises(ValueError):
+        policy.observe_round(5, 0, 0.1, 0.1)
+    with pytest.raises(ValueError):
+        policy.observe_round(2, 3, 0.1, 0.1)
+
+
+def test_k_max_zero_always_zero():
+    policy = KPolicy(0)
+    assert run_rounds(policy, 40, alpha=0.9, t_d=0.0, t_v=gpu_curve) == [0] * 40
+
+
+@given(st.floats(0.0, 1.0), st.floats(0.0, 0.05), st.integers(0, 16))
+def test_policy_greedy_k_matches_pure_best_k(alpha, t_d, k_max):
+    policy = KPolicy(k_max, draft_cost=t_d)
+    for n in range(1, k_max + 2):
+        policy.verify.observe(n, cpu_curve(n))
+    assert policy.greedy_k(alpha=alpha) == best_k(alpha, k_max, t_d, cpu_curve)
