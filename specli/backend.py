@@ -1,0 +1,300 @@
+"""LlamaModel: a thin adapter over llama_cpp's low-level API. The only module importing llama_cpp.
+
+One model, one context, one sequence. The adapter tracks how many positions its KV cache
+holds (`n_past`); `decode` appends tokens at those positions and returns logits rows only
+for the last `n_logits` of them, as a zero-copy numpy view of llama.cpp's output buffer.
+`truncate(n)` drops every cached position >= n, which is how rejected drafts are undone.
+
+We never use `Llama(logits_all=True)`: it allocates n_ctx x n_vocab floats (2.5 GB for
+Qwen's vocabulary at 4,096 context). Here the output buffer is capped at `n_outputs_max`
+rows, enough for the largest verification batch (K_MAX + 1).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from specli.config import K_MAX
+from specli.errors import ContextFullError, ModelError
+
+log = logging.getLogger("specli.llama")
+
+
+def physical_cores() -> int:
+    """Number of physical cores (llama.cpp runs best with one thread per core)."""
+    try:
+        cores = set()
+        phys = core = None
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("physical id"):
+                    phys = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                elif not line.strip() and core is not None:
+                    cores.add((phys, core))
+                    phys = core = None
+        if core is not None:
+            cores.add((phys, core))
+        if cores:
+            return len(cores)
+    except OSError:
+        pass
+    return max(1, (os.cpu_count() or 2) // 2 if (os.cpu_count() or 1) > 2 else (os.cpu_count() or 1))
+
+
+def check_gguf_file(path: Path) -> None:
+    """Raise ModelError (one line, naming the file) unless `path` is a readable GGUF file."""
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelError(f"model path is a directory, not a GGUF file: {path}")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelError(f"cannot read model file {path}: {e.strerror}") from None
+    if magic != b"GGUF":
+        raise ModelError(f"not a GGUF file: {path}")
+
+
+def _llama():
+    """Import llama_cpp once, route its logging to Python logging, init the backend."""
+    import llama_cpp
+
+    if not getattr(llama_cpp, "_specli_ready", False):
+        llama_cpp.llama_log_set(_LOG_CALLBACK(llama_cpp), ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        llama_cpp._specli_ready = True  # marker on the library module, not our state
+    return llama_cpp
+
+
+def _LOG_CALLBACK(llama_cpp):
+    # The callback object must outlive every call from C, so it is kept on the module.
+    cb = getattr(llama_cpp, "_specli_log_cb", None)
+    if cb is None:
+
+        @llama_cpp.llama_log_callback
+        def cb(level, text, user_data):  # noqa: ANN001
+            log.debug(text.decode("utf-8", "replace").rstrip())
+
+        llama_cpp._specli_log_cb = cb
+    return cb
+
+
+class LlamaModel:
+    """A loaded GGUF model with its own context and KV cache (sequence 0)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        n_batch: int = 512,
+    ) -> None:
+        self.path = Path(path)
+        check_gguf_file(self.path)
+        lc = self._lc = _llama()
+        mparams = lc.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers
+        self._model = lc.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            raise ModelError(f"llama.cpp could not load {self.path} (corrupt or unsupported GGUF)")
+        self._vocab = lc.llama_model_get_vocab(self._model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+        threads = n_threads or physical_cores()
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = cparams.n_ubatch = n_batch
+        cparams.n_threads = cparams.n_threads_batch = threads
+        if hasattr(cparams, "n_outputs_max"):
+            cparams.n_outputs_max = K_MAX + 1  # logits buffer sized to the largest verify batch
+        cparams.no_perf = True
+        self._ctx = lc.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            lc.llama_model_free(self._model)
+            self._model = None
+            raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.path}")
+        self.n_ctx = lc.llama_n_ctx(self._ctx)
+        self.n_batch = n_batch
+        self.n_threads = threads
+        self._mem = lc.llama_get_memory(self._ctx)
+        self._batch = lc.llama_batch_init(n_batch, 0, 1)
+        self._init_batch_views()
+        self._pieces: dict[int, bytes] = {}
+        self.tokens: list[int] = []  # exactly what the KV cache holds, in order
+        self.decode_seconds = 0.0  # time inside llama_decode, for the Python-overhead figure
+
+    def _init_batch_views(self) -> None:
+        b, n = self._batch, self.n_batch
+        self._b_token = np.ctypeslib.as_array(b.token, shape=(n,))
+        self._b_pos = np.ctypeslib.as_array(b.pos, shape=(n,))
+        self._b_logits = np.ctypeslib.as_array(b.logits, shape=(n,))
+        np.ctypeslib.as_array(b.n_seq_id, shape=(n,))[:] = 1
+        for i in range(n):  # every token belongs to sequence 0; set once, reused forever
+            b.seq_id[i][0] = 0
+
+    # --- lifetime -------------------------------------------------------------------
+    def close(self) -> None:
+        lc = self._lc
+        if getattr(self, "_batch", None) is not None:
+            lc.llama_batch_free(self._batch)
+            self._batch = None
+        if getattr(self, "_ctx", None):
+            lc.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            lc.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> "LlamaModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # --- KV cache -------------------------------------------------------------------
+    def decode(self, tokens: Sequence[int], n_logits: int = 1) -> np.ndarray:
+        """Append `tokens` to the cache; return logits [n_logits, n_vocab] for the last ones.
+
+        The array is a view of llama.cpp's buffer: valid until this model's next decode.
+        Long inputs are split into n_batch chunks, the last holding all requested rows.
+        """
+        n = len(tokens)
+        if not 0 <= n_logits <= min(n, self.n_batch, K_MAX + 1):
+            raise ValueError(f"n_logits={n_logits} for {n} tokens")
+        if self.n_past + n > self.n_ctx:
+            raise ContextFullError(
+                f"context full: {self.n_past} + {n} tokens exceed --ctx {self.n_ctx}"
+            )
+        start = 0
+        while start < n:
+            # Chunks are cut from the end so that the final chunk holds >= n_logits tokens.
+            end = n - ((n - start - 1) // self.n_batch) * self.n_batch
+            if end - start > self.n_batch:
+                end = start + self.n_batch
+            self._decode_chunk(tokens[start:end], n_logits if end == n else 0)
+            start = end
+        if n_logits == 0:
+            return np.empty((0, self.n_vocab), dtype=np.float32)
+        ptr = self._lc.llama_get_logits(self._ctx)
+        return np.ctypeslib.as_array(ptr, shape=(n_logits, self.n_vocab))
+
+    def _decode_chunk(self, tokens: Sequence[int], n_logits: int) -> None:
+        m = len(tokens)
+        self._batch.n_tokens = m
+        self._b_token[:m] = tokens
+        self._b_pos[:m] = np.arange(self.n_past, self.n_past + m)  # positions continue the cache
+        self._b_logits[:m] = 0
+        if n_logits:
+            self._b_logits[m - n_logits : m] = 1
+        t0 = time.perf_counter()
+        rc = self._lc.llama_decode(self._ctx, self._batch)
+        self.decode_seconds += time.perf_counter() - t0
+        if rc != 0:
+            # A failed decode leaves the cache as it was before this chunk.
+            raise ModelError(f"llama_decode failed with code {rc} for {self.path.name}")
+        self.tokens.extend(tokens)
+
+    def truncate(self, n: int) -> None:
+        """Forget every cached position >= n (rejected drafts); n_past becomes n."""
+        if not 0 <= n <= self.n_past:
+            raise ValueError(f"truncate({n}) with n_past={self.n_past}")
+        if n < self.n_past:
+            if not self._lc.llama_memory_seq_rm(self._mem, 0, n, -1):
+                raise ModelError(f"llama.cpp could not truncate the KV cache of {self.path.name}")
+            del self.tokens[n:]
+
+    def reuse_prefix(self, tokens: Sequence[int]) -> int:
+        """Keep the longest cached prefix of `tokens`, minus its last token; return its length.
+
+        The last token of a prompt is always left pending (decoded with the first round),
+        so at most len(tokens) - 1 positions are kept.
+        """
+        limit = min(len(self.tokens), len(tokens) - 1)
+        n = 0
+        while n < limit and self.tokens[n] == tokens[n]:
+            n += 1
+        self.truncate(n)
+        return n
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    def reset(self) -> None:
+        self._lc.llama_memory_clear(self._mem, True)
+        self.tokens.clear()
+
+    # --- vocabulary -----------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Text -> token ids; special tokens written in the text (<|im_start|>) are parsed."""
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (self._lc.llama_token * cap)()
+        n = self._lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:  # buffer too small: -n is the size needed
+            cap = -n
+            buf = (self._lc.llama_token * cap)()
+            n = self._lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        """The raw bytes of one token (control tokens give b'')."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = self._lc.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = self._lc.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+            piece = self._pieces[token] = buf.raw[:n]
+        return piece
+
+    def token_text(self, token: int, *, special: bool = True) -> str:
+        """A token's text, with control tokens spelled out (used for chat templates)."""
+        buf = ctypes.create_string_buffer(256)
+        n = self._lc.llama_token_to_piece(self._vocab, token, buf, 256, 0, special)
+        return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._lc.llama_vocab_is_eog(self._vocab, token))
+
+    @property
+    def bos(self) -> int:
+        return self._lc.llama_vocab_bos(self._vocab)
+
+    @property
+    def eos(self) -> int:
+        return self._lc.llama_vocab_eos(self._vocab)
+
+    @property
+    def adds_bos(self) -> bool:
+        return bool(self._lc.llama_vocab_get_add_bos(self._vocab))
+
+    def chat_template(self) -> str | None:
+        raw = self._lc.llama_model_chat_template(self._model, None)
+        return raw.decode("utf-8", "replace") if raw else None
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = self._lc.llama_model_meta_val_str(self._model, key.encode(), buf, 4096)
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def __repr__(self) -> str:
+        return f"LlamaModel({self.path.name!r}, n_ctx={self.n_ctx}, n_past={self.n_past})"

@@ -1,0 +1,131 @@
+"""What run, chat and bench share: consoles, prompt input, loading a pair into a Generation."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from rich.console import Console
+
+from specli.config import RuntimeConfig, SamplingConfig, SpecConfig, parse_k
+from specli.errors import UsageError
+
+
+def consoles(plain: bool = False) -> tuple[Console, Console]:
+    """(stdout, stderr) consoles. Not a terminal: no colour, fixed width, stable under test."""
+    def make(file, stderr: bool) -> Console:
+        tty = file.isatty()
+        return Console(file=file, stderr=stderr, highlight=False, soft_wrap=True,
+                       no_color=plain or not tty or "NO_COLOR" in os.environ,
+                       width=None if tty else 100, force_terminal=None if tty else False)
+
+    return make(sys.stdout, False), make(sys.stderr, True)
+
+
+def read_prompt(prompt: str | None, file: Path | None) -> str:
+    """The prompt from the argument, stdin ('-') or --file; a clear error when there is none."""
+    if file is not None:
+        if prompt is not None:
+            raise UsageError("give the prompt either as an argument or with --file, not both")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UsageError(f"prompt file not found: {file}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read prompt file {file}: {getattr(e, 'strerror', None) or e}") from None
+    elif prompt == "-":
+        text = sys.stdin.read()
+    elif prompt is None:
+        raise UsageError("no prompt: give PROMPT, '-' for stdin, or --file FILE")
+    else:
+        text = prompt
+    if not text.strip():
+        raise UsageError("the prompt is empty")
+    return text
+
+
+def round_record(r) -> dict:
+    """One round as plain JSON (for --json and bench files)."""
+    return {
+        "k": r.k, "drafter": r.drafter, "draft": list(r.draft_tokens),
+        "accept_probs": [round(p, 6) for p in r.accept_probs], "accepted": r.n_accepted,
+        "token": r.token, "bonus": r.bonus, "tokens": list(r.tokens), "text": r.text,
+        "t_draft": r.t_draft, "t_verify": r.t_verify, "t_sample": r.t_sample,
+    }
+
+
+class Generation:
+    """A loaded pair plus the configs of one command: makes prompts and event streams."""
+
+    def __init__(self, loaded, paths, sampling: SamplingConfig, spec: SpecConfig,
+                 drafter_name: str, err: Console) -> None:
+        self.loaded, self.paths, self.sampling, self.spec = loaded, paths, sampling, spec
+        self.drafter_name = drafter_name
+        self.err = err
+        self._drafter = None
+
+    def title(self) -> str:
+        d = self.paths.draft.name if self.paths.draft and self.loaded.draft else self.drafter_name
+        return f"specli · {self.paths.target.name} ← {d} · K {self.spec.k}"
+
+    def prompt_tokens(self, text: str, *, system: str | None = None, raw: bool = False) -> list[int]:
+        from specli.prompt import build_prompt
+
+        tokens, template = build_prompt(self.loaded.target, text, system=system, raw=raw)
+        if template is not None and template.is_fallback:
+            self.err.print("[yellow]warning:[/] the target has no chat template; using a plain "
+                           "'User:/Assistant:' format (see README)")
+        self.check_fits(tokens)
+        return tokens
+
+    def check_fits(self, tokens: list[int]) -> None:
+        n_ctx = self.loaded.target.n_ctx
+        if len(tokens) >= n_ctx:
+            raise UsageError(f"the prompt is {len(tokens)} tokens; it does not fit the context "
+                             f"of {n_ctx} (raise --ctx)")
+
+    def drafter(self):
+        from specli.session import make_drafter
+
+        if self._drafter is None and self.spec.k != 0:
+            self._drafter = make_drafter(self.loaded, self.drafter_name, self.sampling)
+        return self._drafter
+
+    def generate(self, tokens: list[int], *, spec: SpecConfig | None = None,
+                 sampling: SamplingConfig | None = None):
+        from specli.engine import speculative_generate
+        from specli.session import make_policy
+
+        spec = spec or self.spec
+        drafter = self.drafter() if spec.k != 0 else None
+        return speculative_generate(self.loaded.target, drafter, tokens, sampling or self.sampling,
+                                    spec, policy=make_policy(spec, drafter),
+                                    n_vocab=self.loaded.n_vocab)
+
+
+@contextmanager
+def open_generation(err: Console, *, pair, target, draft, drafter, force, k, temperature, top_k,
+                    top_p, min_p, seed, max_tokens, ctx, threads, draft_threads, n_gpu_layers,
+                    draft_n_gpu_layers) -> Iterator[Generation]:
+    """Validate options, resolve and load the models, and close them afterwards."""
+    from specli.session import load_models, resolve_paths
+
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    spec = SpecConfig(k=parse_k(k), max_tokens=max_tokens, seed=seed, drafter=drafter)
+    runtime = RuntimeConfig(n_ctx=ctx, n_threads=threads, draft_n_threads=draft_threads,
+                            n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers)
+    if drafter not in ("model", "ngram", "auto"):
+        raise UsageError(f"--drafter must be model, ngram or auto, got {drafter!r}")
+    paths = resolve_paths(pair=pair, target=target, draft=draft)
+    need_draft = spec.k != 0 and drafter != "ngram"
+    with err.status(f"loading {paths.target.name}" + (f" and {paths.draft.name}" if paths.draft and need_draft else ""),
+                    spinner="dots"):
+        loaded = load_models(paths, runtime, force=force, load_draft=need_draft,
+                             warn=lambda m: err.print(f"[yellow]warning:[/] {m}"))
+    try:
+        yield Generation(loaded, paths, sampling, spec, drafter, err)
+    finally:
+        loaded.close()

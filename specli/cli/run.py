@@ -1,0 +1,139 @@
+"""`specli run PROMPT`: one prompt, streamed live with accepted/rejected drafts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from specli.cli._app import (CtxOpt, DraftNglOpt, DraftOpt, DrafterOpt, DraftThreadsOpt, ForceOpt,
+                             KOpt, MaxTokOpt, MinPOpt, NglOpt, PairOpt, SeedOpt, SystemOpt,
+                             TargetOpt, TempOpt, ThreadsOpt, TopKOpt, TopPOpt, app)
+from specli.errors import UsageError
+from specli.cli.common import consoles, open_generation, read_prompt, round_record
+
+RUN_HELP = """Generate an answer to one PROMPT with speculative decoding, streamed live.
+
+Accepted draft tokens are green, tokens the target produced itself are plain, rejected drafts are struck through in red. The output is distributed exactly as the target's alone.
+
+Examples:
+
+  specli run "Write a quicksort in Python"
+
+  specli run --k 0 --temperature 0 "Explain KV caches"      # the target alone (baseline)
+
+  specli run --json --temperature 0 --k 4 "def fib(n):" | jq .stats
+
+  cat prompt.txt | specli run -                              # prompt from stdin
+
+  specli run --target ./big.gguf --draft ./small.gguf --file prompt.txt
+"""
+
+
+@app.command("run", help=RUN_HELP, no_args_is_help=True)
+def run_cmd(
+    prompt: Annotated[Optional[str], typer.Argument(help="The prompt; '-' reads stdin.")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the prompt from a file.",
+                                                 rich_help_panel="Prompt")] = None,
+    pair: PairOpt = None,
+    target: TargetOpt = None,
+    draft: DraftOpt = None,
+    drafter: DrafterOpt = "model",
+    force: ForceOpt = False,
+    k: KOpt = "4",
+    temperature: TempOpt = 0.8,
+    top_k: TopKOpt = 40,
+    top_p: TopPOpt = 0.95,
+    min_p: MinPOpt = 0.05,
+    seed: SeedOpt = 0,
+    max_tokens: MaxTokOpt = 256,
+    ctx: CtxOpt = 4096,
+    threads: ThreadsOpt = None,
+    draft_threads: DraftThreadsOpt = None,
+    n_gpu_layers: NglOpt = 0,
+    draft_n_gpu_layers: DraftNglOpt = None,
+    system: SystemOpt = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Skip the chat template: feed the prompt as is.",
+                                      rich_help_panel="Prompt")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object (text, tokens, rounds, stats) to stdout.",
+                                           rich_help_panel="Output")] = False,
+    plain: Annotated[bool, typer.Option("--plain", help="Plain text: no colours, no live footer.",
+                                        rich_help_panel="Output")] = False,
+    show: Annotated[str, typer.Option("--show", help="rejected (show rejected drafts), accepted, or plain.",
+                                      rich_help_panel="Output")] = "rejected",
+) -> None:
+    if show not in ("rejected", "accepted", "plain"):
+        raise UsageError(f"--show must be rejected, accepted or plain, got {show!r}")
+    text = read_prompt(prompt, file)
+    out, err = consoles(plain=plain or json_out)
+    with open_generation(
+        err, pair=pair, target=target, draft=draft, drafter=drafter, force=force, k=k,
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+        max_tokens=max_tokens, ctx=ctx, threads=threads, draft_threads=draft_threads,
+        n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers,
+    ) as gen:
+        tokens = gen.prompt_tokens(text, system=system, raw=raw)
+        events = gen.generate(tokens)
+        if json_out:
+            done, rounds = _collect(events)
+            print(json.dumps(_json_result(gen, done, rounds), ensure_ascii=False))
+        else:
+            mode = show if out.is_terminal and not plain else "plain"  # no struck text in pipes
+            done = _stream(events, out, err, gen, show=mode)
+    if done.stop_reason == "interrupted":
+        raise typer.Exit(130)
+
+
+def _collect(events):
+    rounds = []
+    try:
+        for ev in events:
+            if hasattr(ev, "stats"):
+                return ev, rounds
+            rounds.append(ev)
+    except KeyboardInterrupt:
+        return events.throw(KeyboardInterrupt), rounds
+    raise RuntimeError("engine ended without a Done event")
+
+
+def _stream(events, out, err, gen, show):
+    from specli.render import LiveView, stats_table
+
+    view = LiveView(out, mode=show, k_label=str(gen.spec.k))
+    done = None
+    with view:
+        try:
+            for ev in events:
+                if hasattr(ev, "stats"):
+                    done = ev
+                    break
+                view.round(ev)
+        except KeyboardInterrupt:
+            done = events.throw(KeyboardInterrupt)
+    if done.message and done.stop_reason != "eog":
+        err.print(f"[yellow]{done.message}[/]")
+    err.print(stats_table(done.stats, done.stop_reason, title=gen.title()))
+    return done
+
+
+def _json_result(gen, done, rounds) -> dict:
+    return {
+        "text": done.text,
+        "tokens": list(done.tokens),
+        "stop_reason": done.stop_reason,
+        "rounds": [round_record(r) for r in rounds],
+        "stats": done.stats.to_dict(),
+        "config": {
+            "k": gen.spec.k,
+            "drafter": gen.drafter_name,
+            "sampling": asdict(gen.sampling),
+            "seed": gen.spec.seed,
+            "max_tokens": gen.spec.max_tokens,
+            "target": str(gen.paths.target),
+            "draft": str(gen.paths.draft) if gen.paths.draft else None,
+        },
+    }

@@ -1,0 +1,145 @@
+"""Drafters propose up to K tokens per round, with the distribution q each was drawn from.
+
+KV bookkeeping contract (shared with the engine): the committed sequence is
+prompt + generated text; its last token is always *pending*, i.e. not yet decoded by a
+model. A drafter catches up on whatever committed tokens it has not seen, proposes, and
+after verification is told how many committed tokens now exist (`rewind`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from specli.config import SamplingConfig
+from specli.sampling import Dist, greedy_token, warp
+
+
+@dataclass
+class Proposal:
+    """Draft tokens of one round, each with the q it was sampled from (None when greedy)."""
+
+    tokens: list[int] = field(default_factory=list)
+    q: list[Dist | None] = field(default_factory=list)
+    source: str = "none"  # "model" | "ngram" | "none"
+    seconds: float = 0.0
+
+
+# keep_drafting(i, q_prob) -> bool: asked before drafting token i+1 (i drafted so far),
+# with q_prob the draft's probability of the token it just drafted. Used by --k auto.
+StopRule = Callable[[int, float], bool]
+
+
+class Drafter(Protocol):
+    name: str
+
+    def propose(self, committed: Sequence[int], k: int, rng: np.random.Generator,
+                keep_drafting: StopRule | None = None) -> Proposal: ...
+
+    def rewind(self, committed: Sequence[int]) -> None: ...
+
+
+class ModelDrafter:
+    """Drafts with a small llama.cpp model, autoregressively, one decode per token."""
+
+    name = "model"
+
+    def __init__(self, model, sampling: SamplingConfig, n_vocab: int) -> None:
+        self.model = model  # backend.LlamaModel
+        self.sampling = sampling
+        self.n_vocab = n_vocab  # ids >= n_vocab are masked (target/draft sizes differ)
+
+    def prefill(self, committed: Sequence[int]) -> None:
+        """Decode all but the pending last token (done with the prompt, off the round clock)."""
+        self.model.reuse_prefix(committed)
+        self.model.decode(list(committed[self.model.n_past : len(committed) - 1]), 0)
+
+    def propose(self, committed, k, rng, keep_drafting=None) -> Proposal:
+        t0 = time.perf_counter()
+        prop = Proposal(source="model")
+        # Catch up: usually just the pending token; after an all-accepted round also the
+        # last draft token, which the draft proposed but never decoded itself.
+        logits = self.model.decode(list(committed[self.model.n_past :]), 1)[0]
+        for i in range(k):
+            x, q = self._draw(logits[: self.n_vocab], rng)
+            prop.tokens.append(x)
+            prop.q.append(q)
+            if i == k - 1:
+                break  # the last draft is never decoded here: verification may reject it
+            if keep_drafting is not None and not keep_drafting(i + 1, q.prob(x) if q else 1.0):
+                break
+            logits = self.model.decode([x], 1)[0]
+        prop.seconds = time.perf_counter() - t0
+        return prop
+
+    def _draw(self, logits: np.ndarray, rng) -> tuple[int, Dist | None]:
+        if self.sampling.greedy:
+            return greedy_token(logits), None
+        q = warp(logits, self.sampling)
+        return q.sample(rng), q
+
+    def rewind(self, committed: Sequence[int]) -> None:
+        # Keep only committed tokens; the pending last one is decoded next round.
+        self.model.truncate(min(self.model.n_past, len(committed) - 1))
+
+
+class NgramDrafter:
+    """Prompt-lookup drafting: propose what followed the longest earlier match of the suffix.
+
+    q is a point mass on each proposed token, so verification accepts x with p(x) and on
+    rejection samples p with x removed (see sampling.residual).
+    """
+
+    name = "ngram"
+
+    def __init__(self, n_max: int = 4, n_min: int = 2) -> None:
+        from specli.ngram import NgramIndex
+
+        self.index = NgramIndex(n_max=n_max, n_min=n_min)
+
+    def sync(self, committed: Sequence[int]) -> None:
+        if len(self.index) > len(committed):
+            self.index.truncate(len(committed))
+        self.index.extend(committed[len(self.index) :])
+
+    def match_len(self, committed: Sequence[int]) -> int:
+        self.sync(committed)
+        return self.index.propose_with_len(0)[1]
+
+    def propose(self, committed, k, rng, keep_drafting=None) -> Proposal:
+        t0 = time.perf_counter()
+        self.sync(committed)
+        tokens = self.index.propose(k)
+        return Proposal(tokens, [Dist.point(x) for x in tokens], "ngram", time.perf_counter() - t0)
+
+    def rewind(self, committed: Sequence[int]) -> None:
+        self.sync(committed)
+
+
+class HybridDrafter:
+    """n-gram proposals when a long enough match exists, the draft model otherwise."""
+
+    name = "auto"
+
+    def __init__(self, model_drafter: ModelDrafter, ngram: NgramDrafter, min_match: int = 3) -> None:
+        self.model_drafter = model_drafter
+        self.ngram = ngram
+        self.min_match = min_match
+
+    def prefill(self, committed: Sequence[int]) -> None:
+        self.model_drafter.prefill(committed)
+        self.ngram.sync(committed)
+
+    def propose(self, committed, k, rng, keep_drafting=None) -> Proposal:
+        if self.ngram.match_len(committed) >= self.min_match:
+            prop = self.ngram.propose(committed, k, rng)
+            if prop.tokens:
+                return prop
+        return self.model_drafter.propose(committed, k, rng, keep_drafting)
+
+    def rewind(self, committed: Sequence[int]) -> None:
+        self.model_drafter.rewind(committed)
+        self.ngram.rewind(committed)

@@ -1,0 +1,307 @@
+"""The speculative decoding loop: draft -> verify -> accept/resample -> rewind, as events.
+
+`speculative_generate` yields one `Round` per verification and a final `Done`. Nothing
+here prints; the CLI, the live view, the benchmark and the tests all read these events.
+K = 0 runs the target alone through the same loop: that is the baseline everywhere.
+
+KV invariant for both models: the cache holds the committed sequence (prompt + output)
+except its last token, which is pending. A round feeds the target [pending, d1..dK] and
+reads K + 1 rows of logits, so the target's cost per round is one batched decode.
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+
+from specli.config import SamplingConfig, SpecConfig
+from specli.drafters import Drafter, Proposal
+from specli.sampling import Verdict, verify, verify_greedy, warp
+
+StopReason = Literal["eog", "max_tokens", "context_full", "interrupted"]
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round: what was drafted, what the target kept, and what it cost."""
+
+    index: int
+    k: int  # draft length asked for this round (0: target alone)
+    drafter: str  # "model" | "ngram" | "none"
+    draft_tokens: tuple[int, ...]
+    accept_probs: tuple[float, ...]  # per examined draft: min(1, p/q) (1/0 when greedy)
+    n_accepted: int
+    token: int  # the target's own token: a correction, or the bonus when all were accepted
+    bonus: bool
+    tokens: tuple[int, ...]  # appended to the output (accepted drafts + token, cut at a stop)
+    pieces: tuple[str, ...]  # text of each appended token (UTF-8 safe: may be "")
+    rejected: str  # text of the first rejected draft token ("" if none)
+    t_draft: float
+    t_verify: float  # target decode
+    t_sample: float  # warps and verification in Python
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+@dataclass
+class Stats:
+    """Totals for one generation. Times in seconds; `decode_seconds` excludes the prompt."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    prompt_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    ttft: float = 0.0
+    draft_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    sample_seconds: float = 0.0
+    llama_seconds: float = 0.0  # inside llama_decode, both models, prompt excluded
+    accepted_hist: list[int] = field(default_factory=list)  # rounds by accepted count
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def mean_accepted(self) -> float:
+        return self.accepted / self.rounds if self.rounds else 0.0
+
+    @property
+    def tokens_per_round(self) -> float:
+        return self.new_tokens / self.rounds if self.rounds else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    @property
+    def other_seconds(self) -> float:
+        return max(0.0, self.decode_seconds - self.draft_seconds - self.verify_seconds)
+
+    @property
+    def seconds(self) -> float:
+        return self.prompt_seconds + self.decode_seconds
+
+    @property
+    def python_share(self) -> float:
+        """Share of decode wall time spent outside llama_decode."""
+        if self.decode_seconds <= 0:
+            return 0.0
+        return max(0.0, 1.0 - self.llama_seconds / self.decode_seconds)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for name in ("acceptance_rate", "mean_accepted", "tokens_per_round", "tokens_per_s",
+                     "other_seconds", "seconds", "python_share"):
+            d[name] = getattr(self, name)
+        return d
+
+
+@dataclass(frozen=True)
+class Done:
+    """The final event: why generation stopped, the whole output, and the stats."""
+
+    stop_reason: StopReason
+    tokens: tuple[int, ...]
+    text: str
+    stats: Stats
+    message: str | None = None
+
+
+class FixedK:
+    """The K policy of `--k N`: always N."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def choose_k(self) -> int:
+        return self.k
+
+    def observe_round(self, **_: float) -> None:
+        pass
+
+    keep_drafting = None
+
+
+@dataclass
+class _Detok:
+    """Incremental UTF-8 text: a character split across tokens prints once it is whole."""
+
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+
+    def feed(self, data: bytes) -> str:
+        return self.decoder.decode(data)
+
+    def flush(self) -> str:
+        return self.decoder.decode(b"", final=True)
+
+
+def speculative_generate(
+    target,
+    drafter: Drafter | None,
+    prompt_tokens: Sequence[int],
+    sampling: SamplingConfig,
+    spec: SpecConfig,
+    policy=None,
+    n_vocab: int | None = None,
+) -> Iterator[Round | Done]:
+    """Generate from `target`, drafting with `drafter`, as a stream of events.
+
+    `policy` chooses K each round (default: FixedK(spec.k)); `n_vocab` masks ids beyond
+    the vocabulary both models share. KV caches are reused: tokens already cached
+    (target.n_past, a common prefix the caller kept) are not decoded again.
+    Ctrl-C (KeyboardInterrupt) inside the loop, or thrown in at a yield, ends the
+    stream with Done(stop_reason="interrupted").
+    """
+    run = _Run(target, drafter, list(prompt_tokens), sampling, spec,
+               policy or FixedK(spec.k if isinstance(spec.k, int) else 0),
+               n_vocab or target.n_vocab)
+    return run.events()
+
+
+class _Run:
+    def __init__(self, target, drafter, prompt, sampling, spec, policy, n_vocab) -> None:
+        self.target, self.drafter, self.sampling, self.spec = target, drafter, sampling, spec
+        self.policy, self.n_vocab = policy, n_vocab
+        self.committed = prompt
+        self.out: list[int] = []
+        self.rng = np.random.default_rng(spec.seed)
+        self.stats = Stats(prompt_tokens=len(prompt))
+        self.detok = _Detok()
+        self.text: list[str] = []
+
+    def events(self) -> Iterator[Round | Done]:
+        stop: StopReason | None = None
+        message = None
+        t_start = time.perf_counter()
+        try:
+            self._prefill()
+            t_dec = time.perf_counter()
+            self.stats.prompt_seconds = t_dec - t_start
+            llama0 = self._llama_seconds()
+            while stop is None:
+                room = self.target.n_ctx - len(self.committed)
+                if room < 0:  # the pending token itself no longer fits
+                    stop, message = "context_full", f"context full ({self.target.n_ctx} tokens): stopped"
+                    break
+                rnd, stop = self._round(max(0, room))
+                self.stats.decode_seconds = time.perf_counter() - t_dec
+                self.stats.llama_seconds = self._llama_seconds() - llama0
+                if self.stats.rounds == 1:
+                    self.stats.ttft = time.perf_counter() - t_start
+                yield rnd
+        except KeyboardInterrupt:
+            stop, message = "interrupted", "interrupted"
+        self.stats.decode_seconds = max(self.stats.decode_seconds, 0.0)
+        tail = self.detok.flush()
+        if tail:
+            self.text.append(tail)
+        yield Done(stop, tuple(self.out), "".join(self.text), self.stats, message)
+
+    def _llama_seconds(self) -> float:
+        s = self.target.decode_seconds
+        model = getattr(self.drafter, "model", None) or getattr(
+            getattr(self.drafter, "model_drafter", None), "model", None)
+        return s + (model.decode_seconds if model is not None else 0.0)
+
+    def _prefill(self) -> None:
+        """Decode the prompt minus its pending last token, in both models (reusing caches)."""
+        from specli.errors import ContextFullError
+
+        if len(self.committed) >= self.target.n_ctx:
+            raise ContextFullError(
+                f"prompt is {len(self.committed)} tokens; it does not fit --ctx {self.target.n_ctx}"
+            )
+        self.target.reuse_prefix(self.committed)  # a chat turn re-decodes only what is new
+        self.target.decode(self.committed[self.target.n_past : -1], 0)
+        if self.drafter is not None and hasattr(self.drafter, "prefill"):
+            self.drafter.prefill(self.committed)
+
+    def _round(self, room: int) -> tuple[Round, StopReason | None]:
+        left = self.spec.max_tokens - len(self.out)
+        # Never draft past max_tokens (the target adds one token of its own) or the context.
+        k = min(self.policy.choose_k(), left - 1, room) if self.drafter is not None else 0
+        k = max(k, 0)
+        prop = (self.drafter.propose(self.committed, k, self.rng, self.policy.keep_drafting)
+                if k > 0 else Proposal())
+        t0 = time.perf_counter()
+        pending = self.committed[self.target.n_past :]
+        rows = self.target.decode(pending + prop.tokens, len(prop.tokens) + 1)  # [k+1, V]
+        t1 = time.perf_counter()
+        verdict = self._verify(prop, rows[:, : self.n_vocab])
+        t2 = time.perf_counter()
+        return self._commit(k, prop, verdict, t1 - t0, t2 - t1)
+
+    def _verify(self, prop: Proposal, rows: np.ndarray) -> Verdict:
+        if self.sampling.greedy:
+            return verify_greedy(prop.tokens, np.argmax(rows, axis=1))
+        p_target = _LazyWarp(rows, self.sampling)  # rows past a rejection are never warped
+        return verify(prop.tokens, prop.q, p_target, self.rng)
+
+    def _commit(self, k, prop, verdict, t_verify, t_sample) -> tuple[Round, StopReason | None]:
+        n = verdict.n_accepted
+        new = prop.tokens[:n] + [verdict.token]
+        kept, stop = [], None
+        for tok in new:
+            if self.target.is_eog(tok):
+                stop = "eog"
+                break
+            kept.append(tok)
+            if len(self.out) + len(kept) >= self.spec.max_tokens:
+                stop = "max_tokens"
+                break
+        self.committed.extend(new)
+        self.out.extend(kept)
+        # Target cached [.., pending, d1..dK]: keep through d_n; verdict.token is now pending.
+        self.target.truncate(len(self.committed) - 1)
+        if self.drafter is not None and k > 0:
+            self.drafter.rewind(self.committed)
+        pieces = tuple(self.detok.feed(self.target.token_bytes(t)) for t in kept)
+        self.text.extend(pieces)
+        # Shown struck through; control tokens are spelled out so a rejection is never invisible.
+        rejected = "" if n >= len(prop.tokens) else self.target.token_text(prop.tokens[n])
+        self._count(k, prop, n, len(kept), t_verify, t_sample)
+        self.policy.observe_round(k=len(prop.tokens), n_accepted=n, draft_seconds=prop.seconds,
+                                  verify_seconds=t_verify, source=prop.source)
+        rnd = Round(self.stats.rounds, len(prop.tokens), prop.source if prop.tokens else "none",
+                    tuple(prop.tokens), verdict.accept_probs, n, verdict.token, verdict.bonus,
+                    tuple(kept), pieces, rejected, prop.seconds, t_verify, t_sample)
+        return rnd, stop
+
+    def _count(self, k, prop, n, n_kept, t_verify, t_sample) -> None:
+        s = self.stats
+        s.rounds += 1
+        s.drafted += len(prop.tokens)
+        s.accepted += n
+        s.new_tokens += n_kept
+        s.draft_seconds += prop.seconds
+        s.verify_seconds += t_verify
+        s.sample_seconds += t_sample
+        while len(s.accepted_hist) <= n:
+            s.accepted_hist.append(0)
+        s.accepted_hist[n] += 1
+
+
+class _LazyWarp:
+    """p_i = warp(row_i) computed on first use: verification stops at the first rejection."""
+
+    def __init__(self, rows: np.ndarray, cfg: SamplingConfig) -> None:
+        self.rows, self.cfg, self.cache = rows, cfg, {}
+
+    def __getitem__(self, i: int):
+        if i not in self.cache:
+            self.cache[i] = warp(self.rows[i], self.cfg)
+        return self.cache[i]
+
+    def __len__(self) -> int:
+        return len(self.rows)

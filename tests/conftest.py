@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny real GGUF models, an isolated config dir, the real pair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tinymodels import CHATML_TEMPLATE, N_VOCAB_PADDING, swapped_token_texts, write_tiny_model
+
+TARGET_SEED = 0
+DRAFT_SEED = 1
+
+REAL_DRAFT = (
+    "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF",
+    "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    "ebb2015119c907b064c512bf053e945850b5875f",
+)
+REAL_TARGET = (
+    "Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF",
+    "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    "f86cb2c1fa58255f8052cc32aeede1b7482d4361",
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the user config dir at a fresh tmp dir so no test reads or writes the real one.
+
+    The Hugging Face cache is left alone on purpose: the real-pair tests read it.
+    """
+    config_home = tmp_path_factory.mktemp("xdg-config")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
+    monkeypatch.delenv("SPECLI_MODELS", raising=False)
+    return config_home
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tiny-models")
+
+
+@pytest.fixture(scope="session")
+def tiny_target(tiny_models_dir: Path) -> Path:
+    """Tiny llama target with a ChatML chat template."""
+    return write_tiny_model(tiny_models_dir / "target.gguf", seed=TARGET_SEED, chat_template=CHATML_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def tiny_target_notemplate(tiny_models_dir: Path) -> Path:
+    """The same weights and vocabulary as tiny_target, without tokenizer.chat_template."""
+    return write_tiny_model(tiny_models_dir / "target-notemplate.gguf", seed=TARGET_SEED, chat_template=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_draft(tiny_models_dir: Path) -> Path:
+    """tiny_target's weights plus noise: same vocabulary, agrees on most greedy tokens."""
+    return write_tiny_model(tiny_models_dir / "draft.gguf", seed=DRAFT_SEED, perturb_of=TARGET_SEED)
+
+
+@pytest.fixture(scope="session")
+def tiny_draft_padded(tiny_models_dir: Path) -> Path:
+    """tiny_draft with N_VOCAB_PADDING "[PAD{i}]" tokens appended (shared ids identical).
+
+    Its logits on the shared ids equal tiny_draft's; the padding ids carry random
+    output rows (about 22% of the probability mass, argmax ~15% of greedy steps), so an
+    engine that forgets to mask ids >= the target's n_vocab fails loudly, and a masked
+    one behaves exactly like tiny_draft.
+    """
+    return write_tiny_model(
+        tiny_models_dir / "draft-padded.gguf",
+        seed=DRAFT_SEED,
+        perturb_of=TARGET_SEED,
+        n_vocab_extra=N_VOCAB_PADDING,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_draft_mismatch(tiny_models_dir: Path) -> Path:
+    """tiny_draft with pairs of token texts swapped: same size, incompatible vocabulary."""
+    return write_tiny_model(
+        tiny_models_dir / "draft-mismatch.gguf",
+        seed=DRAFT_SEED,
+        perturb_of=TARGET_SEED,
+        token_text_override=swapped_token_texts(),
+    )
+
+
+def _cached(repo_id: str, filename: str, revision: str) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, filename, revision=revision)
+    return Path(found) if isinstance(found, str) else None
+
+
+@pytest.fixture(scope="session")
+def real_pair() -> tuple[Path, Path]:
+    """(draft_path, target_path) of the Qwen2.5-Coder 0.5B/1.5B Q4_K_M pair, or skip."""
+    draft, target = _cached(*REAL_DRAFT), _cached(*REAL_TARGET)
+    if draft is None or target is None:
+        pytest.skip("real pair absent: run ../shared/models/fetch-test-pair")
+    return draft, target
