@@ -402,3 +402,39 @@ class KPolicy:
             k_best=k,
             speedup=predicted_speedup(self.alpha, k, self.t_draft, t_v),
         )
+
+
+class AutoK:
+    """The engine's policy for --k auto: one KPolicy per drafter source, one shared t_v curve.
+
+    Model drafts are priced at their measured cost; n-gram drafts are free (t_d = 0), so
+    with a hybrid drafter the n-gram policy keeps speculating where copying pays while the
+    model policy may settle at K = 0. Inside a model-draft round, `keep_drafting` stops
+    early once the draft's own confidence says another token no longer pays.
+    """
+
+    def __init__(self, k_max: int, **kwargs) -> None:
+        self.verify = VerifyCost(k_max + 1)
+        self.policies = {
+            "model": KPolicy(k_max, verify=self.verify, **kwargs),
+            "ngram": KPolicy(k_max, verify=self.verify, draft_cost=0.0, **kwargs),
+        }
+        self._p_all = 1.0
+        self._source = "model"
+
+    def choose_k(self, source: str = "model") -> int:
+        self._source = source if source in self.policies else "model"
+        self._p_all = 1.0
+        return self.policies[self._source].choose_k()
+
+    def keep_drafting(self, n_drafted: int, q_token_prob: float) -> bool:
+        policy = self.policies[self._source]
+        self._p_all *= policy.token_accept_prob(q_token_prob)
+        return policy.keep_drafting(n_drafted, self._p_all)
+
+    def observe_round(self, *, k: int, n_accepted: int, draft_seconds: float,
+                      verify_seconds: float, source: str = "model",
+                      draft_probs: Sequence[float] | None = None) -> None:
+        policy = self.policies.get(source, self.policies[self._source])
+        policy.observe_round(k, n_accepted, draft_seconds, verify_seconds,
+                             draft_probs=draft_probs if draft_probs else None)

@@ -25,7 +25,9 @@ class Proposal:
     tokens: list[int] = field(default_factory=list)
     q: list[Dist | None] = field(default_factory=list)
     source: str = "none"  # "model" | "ngram" | "none"
-    seconds: float = 0.0
+    seconds: float = 0.0  # all drafting time, for the time split
+    catchup_seconds: float = 0.0  # of which: feeding the draft tokens it missed (K=0 rounds)
+    q_probs: list[float] = field(default_factory=list)  # q(x) of each draft, for --k auto
 
 
 # keep_drafting(i, q_prob) -> bool: asked before drafting token i+1 (i drafted so far),
@@ -35,6 +37,8 @@ StopRule = Callable[[int, float], bool]
 
 class Drafter(Protocol):
     name: str
+
+    def next_source(self, committed: Sequence[int]) -> str: ...
 
     def propose(self, committed: Sequence[int], k: int, rng: np.random.Generator,
                 keep_drafting: StopRule | None = None) -> Proposal: ...
@@ -57,19 +61,28 @@ class ModelDrafter:
         self.model.reuse_prefix(committed)
         self.model.decode(list(committed[self.model.n_past : len(committed) - 1]), 0)
 
+    def next_source(self, committed: Sequence[int]) -> str:
+        return "model"
+
     def propose(self, committed, k, rng, keep_drafting=None) -> Proposal:
         t0 = time.perf_counter()
         prop = Proposal(source="model")
         # Catch up: usually just the pending token; after an all-accepted round also the
-        # last draft token, which the draft proposed but never decoded itself.
-        logits = self.model.decode(list(committed[self.model.n_past :]), 1)[0]
+        # last draft token, which the draft proposed but never decoded itself; after K = 0
+        # rounds, everything the target alone produced.
+        feed = list(committed[self.model.n_past :])
+        logits = self.model.decode(feed, 1)[0]
+        if len(feed) > 2:
+            prop.catchup_seconds = time.perf_counter() - t0
         for i in range(k):
             x, q = self._draw(logits[: self.n_vocab], rng)
             prop.tokens.append(x)
             prop.q.append(q)
+            if keep_drafting is not None:
+                prop.q_probs.append(q.prob(x) if q is not None else _top_prob(logits[: self.n_vocab]))
             if i == k - 1:
                 break  # the last draft is never decoded here: verification may reject it
-            if keep_drafting is not None and not keep_drafting(i + 1, q.prob(x) if q else 1.0):
+            if keep_drafting is not None and not keep_drafting(i + 1, prop.q_probs[-1]):
                 break
             logits = self.model.decode([x], 1)[0]
         prop.seconds = time.perf_counter() - t0
@@ -84,6 +97,11 @@ class ModelDrafter:
     def rewind(self, committed: Sequence[int]) -> None:
         # Keep only committed tokens; the pending last one is decoded next round.
         self.model.truncate(min(self.model.n_past, len(committed) - 1))
+
+
+def _top_prob(logits: np.ndarray) -> float:
+    """Greedy drafts' confidence: the softmax probability of the argmax."""
+    return float(1.0 / np.exp(logits - logits.max()).sum())
 
 
 class NgramDrafter:
@@ -104,6 +122,9 @@ class NgramDrafter:
         if len(self.index) > len(committed):
             self.index.truncate(len(committed))
         self.index.extend(committed[len(self.index) :])
+
+    def next_source(self, committed: Sequence[int]) -> str:
+        return "ngram"
 
     def match_len(self, committed: Sequence[int]) -> int:
         self.sync(committed)
@@ -133,8 +154,11 @@ class HybridDrafter:
         self.model_drafter.prefill(committed)
         self.ngram.sync(committed)
 
+    def next_source(self, committed: Sequence[int]) -> str:
+        return "ngram" if self.ngram.match_len(committed) >= self.min_match else "model"
+
     def propose(self, committed, k, rng, keep_drafting=None) -> Proposal:
-        if self.ngram.match_len(committed) >= self.min_match:
+        if self.next_source(committed) == "ngram":
             prop = self.ngram.propose(committed, k, rng)
             if prop.tokens:
                 return prop

@@ -30,7 +30,7 @@ class Round:
     """One round: what was drafted, what the target kept, and what it cost."""
 
     index: int
-    k: int  # draft length asked for this round (0: target alone)
+    k: int  # draft budget chosen for this round (0: target alone); drafts may be fewer
     drafter: str  # "model" | "ngram" | "none"
     draft_tokens: tuple[int, ...]
     accept_probs: tuple[float, ...]  # per examined draft: min(1, p/q) (1/0 when greedy)
@@ -123,13 +123,13 @@ class FixedK:
     def __init__(self, k: int) -> None:
         self.k = k
 
-    def choose_k(self) -> int:
+    def choose_k(self, source: str = "model") -> int:
         return self.k
 
-    def observe_round(self, **_: float) -> None:
+    def observe_round(self, **_) -> None:
         pass
 
-    keep_drafting = None
+    keep_drafting = None  # fixed K drafts all K tokens
 
 
 @dataclass
@@ -229,9 +229,9 @@ class _Run:
 
     def _round(self, room: int) -> tuple[Round, StopReason | None]:
         left = self.spec.max_tokens - len(self.out)
+        source = self.drafter.next_source(self.committed) if self.drafter is not None else "none"
         # Never draft past max_tokens (the target adds one token of its own) or the context.
-        k = min(self.policy.choose_k(), left - 1, room) if self.drafter is not None else 0
-        k = max(k, 0)
+        k = max(0, min(self.policy.choose_k(source), left - 1, room)) if self.drafter else 0
         prop = (self.drafter.propose(self.committed, k, self.rng, self.policy.keep_drafting)
                 if k > 0 else Proposal())
         t0 = time.perf_counter()
@@ -271,9 +271,11 @@ class _Run:
         # Shown struck through; control tokens are spelled out so a rejection is never invisible.
         rejected = "" if n >= len(prop.tokens) else self.target.token_text(prop.tokens[n])
         self._count(k, prop, n, len(kept), t_verify, t_sample)
-        self.policy.observe_round(k=len(prop.tokens), n_accepted=n, draft_seconds=prop.seconds,
-                                  verify_seconds=t_verify, source=prop.source)
-        rnd = Round(self.stats.rounds, len(prop.tokens), prop.source if prop.tokens else "none",
+        self.policy.observe_round(k=len(prop.tokens), n_accepted=n,
+                                  draft_seconds=prop.seconds - prop.catchup_seconds,
+                                  verify_seconds=t_verify, source=prop.source,
+                                  draft_probs=prop.q_probs)
+        rnd = Round(self.stats.rounds, k, prop.source if prop.tokens else "none",
                     tuple(prop.tokens), verdict.accept_probs, n, verdict.token, verdict.bonus,
                     tuple(kept), pieces, rejected, prop.seconds, t_verify, t_sample)
         return rnd, stop

@@ -106,6 +106,6 @@ def make_policy(spec: SpecConfig, drafter):
 
     if spec.k != "auto":
         return FixedK(spec.k)
-    from specli.costs import KPolicy
+    from specli.costs import AutoK
 
-    return KPolicy(k_max=spec.k_max)
+    return AutoK(spec.k_max)

@@ -235,3 +235,71 @@ def test_events_carry_round_details(models):
     assert "".join(r.text for r in rounds) == done.text
     assert sum(s.accepted_hist) == s.rounds
     assert 0 < s.tokens_per_s and 0 <= s.python_share <= 1
+
+
+REPEATING = "the cat sat on the mat. the cat sat on the mat. the cat sat on the"
+
+
+def make_drafter(kind, draft, sampling, n_vocab):
+    from specli.drafters import HybridDrafter, NgramDrafter
+
+    if kind == "ngram":
+        return NgramDrafter(n_min=1)
+    model = ModelDrafter(draft, sampling, n_vocab)
+    return model if kind == "model" else HybridDrafter(model, NgramDrafter(n_min=1), min_match=2)
+
+
+def run_with(target, drafter, prompt, k, sampling=GREEDY, max_tokens=48, seed=0):
+    from dataclasses import replace
+
+    from specli.session import make_policy
+
+    tokens = target.tokenize(prompt, add_special=False) if isinstance(prompt, str) else list(prompt)
+    spec = SpecConfig(k=k, max_tokens=max_tokens, seed=seed)
+    events = list(speculative_generate(target, drafter, tokens, sampling, spec,
+                                       policy=make_policy(replace(spec), drafter)))
+    return events[:-1], events[-1]
+
+
+@pytest.mark.parametrize("kind", ["ngram", "auto"])
+@pytest.mark.parametrize("k", [1, 3, 8, "auto"])
+@pytest.mark.parametrize("prompt", [PROMPTS[0], REPEATING])
+def test_greedy_equivalence_ngram_hybrid_and_auto(models, kind, k, prompt):
+    target, draft = models
+    _, base = generate(target, draft, prompt, 0, max_tokens=60)
+    rounds, done = run_with(target, make_drafter(kind, draft, GREEDY, target.n_vocab), prompt, k,
+                            max_tokens=60)
+    assert done.tokens == base.tokens
+    if prompt == REPEATING and k != "auto":
+        assert any(r.drafter == "ngram" for r in rounds)
+
+
+def test_auto_k_records_its_choice_per_round(models):
+    target, draft = models
+    rounds, done = run_with(target, ModelDrafter(draft, GREEDY, target.n_vocab), PROMPTS[0], "auto",
+                            max_tokens=60)
+    assert all(0 <= r.k <= 8 and len(r.draft_tokens) <= r.k for r in rounds)
+    assert done.stats.new_tokens == 60
+
+
+@pytest.mark.parametrize("kind,k", [("ngram", 4), ("auto", 4), ("auto", "auto")])
+def test_sampled_distribution_with_point_mass_and_hybrid_drafts(models, kind, k):
+    """n-gram drafts are point masses: the same exactness test as model drafts."""
+    target, draft = models
+    cfg = SamplingConfig(temperature=1.0, top_k=6, top_p=1.0, min_p=0.0)
+    prompt = target.tokenize(REPEATING, add_special=False)
+    joint = exact_two_token_distribution(target, prompt, cfg)
+    n = 1500
+    counts = Counter()
+    for seed in range(n):
+        drafter = make_drafter(kind, draft, cfg, target.n_vocab)
+        _, done = run_with(target, drafter, prompt, k, sampling=cfg, max_tokens=2, seed=seed)
+        counts[tuple(done.tokens[:2])] += 1
+    cells = sorted(joint, key=joint.get, reverse=True)
+    big = [c for c in cells if joint[c] * n >= 5]
+    obs = [counts[c] for c in big] + [n - sum(counts[c] for c in big)]
+    exp = [joint[c] * n for c in big] + [n * (1 - sum(joint[c] for c in big))]
+    chi2 = sum((o - e) ** 2 / e for o, e in zip(obs, exp) if e > 0)
+    dof = len(obs) - 1
+    crit = dof * (1 - 2 / (9 * dof) + 3.29 * np.sqrt(2 / (9 * dof))) ** 3
+    assert chi2 < crit, f"chi2={chi2:.1f} >= {crit:.1f} (dof={dof})"
