@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -86,10 +87,23 @@ def tiny_draft_mismatch(tiny_models_dir: Path) -> Path:
     )
 
 
+def _hub_cache() -> Path:
+    # Read the environment now: huggingface_hub fixes its default when first imported,
+    # and a test that redirects HF_HUB_CACHE must not redirect the real pair.
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    return Path.home() / ".cache" / "huggingface" / "hub"
+
+
+_REAL_CACHE = _hub_cache()  # taken at collection, before any test changes the environment
+
+
 def _cached(repo_id: str, filename: str, revision: str) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(repo_id, filename, revision=revision)
+    found = try_to_load_from_cache(repo_id, filename, revision=revision, cache_dir=_REAL_CACHE)
     return Path(found) if isinstance(found, str) else None
 
 
