@@ -215,10 +215,11 @@ class LlamaModel:
         """Forget every cached position >= n (rejected drafts); n_past becomes n."""
         if not 0 <= n <= self.n_past:
             raise ValueError(f"truncate({n}) with n_past={self.n_past}")
-        if n < self.n_past:
-            if not self._lc.llama_memory_seq_rm(self._mem, 0, n, -1):
-                raise ModelError(f"llama.cpp could not truncate the KV cache of {self.path.name}")
-            del self.tokens[n:]
+        # Always asked of llama.cpp, even when n == n_past: a Ctrl-C that lands just after
+        # llama_decode returns leaves positions in the cache that self.tokens never recorded.
+        if not self._lc.llama_memory_seq_rm(self._mem, 0, n, -1):
+            raise ModelError(f"llama.cpp could not truncate the KV cache of {self.path.name}")
+        del self.tokens[n:]
 
     def reuse_prefix(self, tokens: Sequence[int]) -> int:
         """Keep the longest cached prefix of `tokens`, minus its last token; return its length.

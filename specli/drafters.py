@@ -118,7 +118,18 @@ class NgramDrafter:
 
         self.index = NgramIndex(n_max=n_max, n_min=n_min)
 
+    def prefill(self, committed: Sequence[int]) -> None:
+        """At the start of a generation: keep only the indexed prefix that still matches."""
+        seen = self.index.tokens
+        n = 0
+        limit = min(len(seen), len(committed))
+        while n < limit and seen[n] == committed[n]:
+            n += 1
+        self.index.truncate(n)
+        self.index.extend(committed[n:])
+
     def sync(self, committed: Sequence[int]) -> None:
+        # Within a generation the committed sequence only grows past what was indexed.
         if len(self.index) > len(committed):
             self.index.truncate(len(committed))
         self.index.extend(committed[len(self.index) :])
@@ -152,7 +163,7 @@ class HybridDrafter:
 
     def prefill(self, committed: Sequence[int]) -> None:
         self.model_drafter.prefill(committed)
-        self.ngram.sync(committed)
+        self.ngram.prefill(committed)
 
     def next_source(self, committed: Sequence[int]) -> str:
         return "ngram" if self.ngram.match_len(committed) >= self.min_match else "model"

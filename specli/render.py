@@ -30,7 +30,8 @@ def round_segments(rnd, mode: ShowMode) -> list[tuple[str, str]]:
     acc_style = STYLE_ACCEPTED.get(rnd.drafter, "green") if mode != "plain" else ""
     segs = [(p, acc_style) for p in rnd.pieces[:n_acc]]
     if mode == "rejected" and rnd.rejected:
-        segs.append((rnd.rejected, STYLE_REJECTED))
+        # A rejected newline must not break the layout: show it as a visible mark.
+        segs.append((rnd.rejected.replace("\n", "↵"), STYLE_REJECTED))
     segs.extend((p, STYLE_TARGET) for p in rnd.pieces[n_acc:])
     return [(t, s) for t, s in segs if t]
 
@@ -45,6 +46,7 @@ class LiveView:
         self.k_label = k_label
         self.line = Text()
         self.tokens = self.drafted = self.accepted = 0
+        self.shown = 0  # characters of output text shown so far
         self.last_k = 0
         self.t0 = time.perf_counter()
         self.live = (Live(console=console, refresh_per_second=20, transient=True,
@@ -74,10 +76,17 @@ class LiveView:
         self.drafted += len(rnd.draft_tokens)
         self.accepted += rnd.n_accepted
         self.last_k = rnd.k
+        self.shown += len(rnd.text)
         for text, style in round_segments(rnd, self.mode):
             self._append(text, style)
         if self.live:
             self.live.update(self._renderable(), refresh=False)
+
+    def finish(self, done) -> None:
+        """Show what the final event adds: a UTF-8 tail the last round could not decode yet."""
+        if len(done.text) > self.shown:
+            self._append(done.text[self.shown :], STYLE_TARGET)
+            self.shown = len(done.text)
 
     def _append(self, text: str, style: str) -> None:
         *done, rest = text.split("\n")

@@ -73,7 +73,7 @@ def warp(logits: np.ndarray, cfg: SamplingConfig) -> Dist:
         return Dist.point(greedy_token(logits))
     n_vocab = logits.shape[-1]
     if 0 < cfg.top_k < n_vocab:
-        ids = np.argpartition(logits, n_vocab - cfg.top_k)[n_vocab - cfg.top_k :]
+        ids = np.sort(_top_k_ids(logits, cfg.top_k))  # id order: top-p ties go to low ids
     else:
         ids = np.arange(n_vocab)
     z = logits[ids].astype(np.float64) / cfg.temperature
@@ -88,8 +88,18 @@ def warp(logits: np.ndarray, cfg: SamplingConfig) -> Dist:
     if cfg.min_p > 0.0:
         keep &= probs >= cfg.min_p * probs.max()
     ids, probs = ids[keep], probs[keep]
-    order = np.argsort(ids)
-    return Dist(ids[order].astype(np.int64), probs[order] / probs[order].sum())
+    return Dist(ids.astype(np.int64), probs / probs.sum())
+
+
+def _top_k_ids(logits: np.ndarray, k: int) -> np.ndarray:
+    """The k highest logits; a tie across the boundary goes to the lowest ids (deterministic)."""
+    n = logits.shape[-1]
+    ids = np.argpartition(logits, n - k)[n - k :]
+    v = logits[ids].min()
+    if np.count_nonzero(logits == v) > np.count_nonzero(logits[ids] == v):
+        above = ids[logits[ids] > v]
+        ids = np.concatenate([above, np.flatnonzero(logits == v)[: k - len(above)]])
+    return ids
 
 
 def accept_probability(p: Dist, q: Dist, token: int) -> float:

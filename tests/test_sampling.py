@@ -147,8 +147,10 @@ def reference_warp(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
     """Dense, sort-everything reference of temperature -> top-k -> top-p -> min-p."""
     z = logits.astype(np.float64) / cfg.temperature
     if 0 < cfg.top_k < len(z):
-        kth = np.sort(z)[-cfg.top_k]
-        z = np.where(z >= kth, z, -np.inf)
+        keep = np.lexsort((np.arange(len(z)), -z))[: cfg.top_k]  # ties: lowest ids first
+        mask = np.full(len(z), -np.inf)
+        mask[keep] = 0.0
+        z = z + mask
     p = np.exp(z - z.max())
     p /= p.sum()
     if cfg.top_p < 1:
@@ -182,6 +184,12 @@ def test_warp_is_applied_identically_to_p_and_q():
     for _ in range(50):
         x = q.sample(rng)
         assert accept_probability(p, q, x) == 1.0
+
+
+def test_top_k_ties_go_to_the_lowest_ids():
+    logits = np.array([1.0, 5.0, 1.0, 1.0, 5.0, 1.0], dtype=np.float32)
+    d = warp(logits, SamplingConfig(temperature=1.0, top_k=3, top_p=1.0, min_p=0.0))
+    assert d.ids.tolist() == [0, 1, 4]
 
 
 def test_warp_top_k_keeps_k_tokens():

@@ -65,7 +65,7 @@ class Generation:
         self.loaded, self.paths, self.sampling, self.spec = loaded, paths, sampling, spec
         self.drafter_name = drafter_name
         self.err = err
-        self._drafter = None
+        self._drafters: dict = {}  # one per sampling config: q must be warped as p is
 
     def title(self) -> str:
         d = self.paths.draft.name if self.paths.draft and self.loaded.draft else self.drafter_name
@@ -87,12 +87,13 @@ class Generation:
             raise UsageError(f"the prompt is {len(tokens)} tokens; it does not fit the context "
                              f"of {n_ctx} (raise --ctx)")
 
-    def drafter(self):
+    def drafter(self, sampling: SamplingConfig | None = None):
         from specli.session import make_drafter
 
-        if self._drafter is None and self.spec.k != 0:
-            self._drafter = make_drafter(self.loaded, self.drafter_name, self.sampling)
-        return self._drafter
+        sampling = sampling or self.sampling
+        if sampling not in self._drafters:
+            self._drafters[sampling] = make_drafter(self.loaded, self.drafter_name, sampling)
+        return self._drafters[sampling]
 
     def generate(self, tokens: list[int], *, spec: SpecConfig | None = None,
                  sampling: SamplingConfig | None = None):
@@ -100,8 +101,9 @@ class Generation:
         from specli.session import make_policy
 
         spec = spec or self.spec
-        drafter = self.drafter() if spec.k != 0 else None
-        return speculative_generate(self.loaded.target, drafter, tokens, sampling or self.sampling,
+        sampling = sampling or self.sampling
+        drafter = self.drafter(sampling) if spec.k != 0 else None
+        return speculative_generate(self.loaded.target, drafter, tokens, sampling,
                                     spec, policy=make_policy(spec, drafter),
                                     n_vocab=self.loaded.n_vocab)
 

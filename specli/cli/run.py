@@ -114,6 +114,7 @@ def _stream(events, out, err, gen, show):
                 view.round(ev)
         except KeyboardInterrupt:
             done = events.throw(KeyboardInterrupt)
+        view.finish(done)
     if done.message and done.stop_reason != "eog":
         err.print(f"[yellow]{done.message}[/]")
     err.print(stats_table(done.stats, done.stop_reason, title=gen.title()))

@@ -1,0 +1,683 @@
+"""The chat session: history, template, KV reuse between turns, slash commands, transcripts.
+
+Each turn renders the whole conversation with the target's chat template and tokenizes it
+once, with the target's tokenizer. Both models keep their KV caches between turns and
+`reuse_prefix` keeps the longest common prefix, so only the tokens after it are decoded,
+even when the template re-renders earlier turns differently. When the conversation no
+longer fits the context, the oldest turns leave the context (the system prompt stays);
+the transcript keeps every message.
+
+No typer here: the session reads lines through an injected `read(prompt) -> str`
+(raising EOFError at the end and KeyboardInterrupt on Ctrl-C) and writes through two Rich
+consoles, so tests drive it exactly as the terminal does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, TextIO
+
+from specli.config import SamplingConfig, SpecConfig, parse_k
+from specli.errors import SpecliError, UsageError
+
+PROMPT, CONTINUE = ">>> ", "... "
+FENCE = '"""'
+FORMAT = "specli-chat"
+SHOW_MODES = ("rejected", "accepted", "plain")
+
+HELP = """\
+/help             this list
+/exit             leave (also Ctrl-D, or Ctrl-C at an empty prompt)
+/reset            start a new conversation (keeps the system prompt)
+/retry            regenerate the last reply
+/k N|auto         draft tokens per round (0 = the target alone)
+/temp X           sampling temperature (0 = greedy)
+/seed N           random seed (each reply uses seed + its number)
+/stats            this turn and the session: acceptance, tok/s, prompt tokens evaluated
+/save FILE        write the conversation as JSON
+/system [TEXT]    show or set the system prompt
+/show MODE        rejected | accepted | plain
+Multi-line input: end a line with \\ to continue it, or paste between two \"\"\" lines.
+Start a message with // to send a line that begins with /."""
+
+
+class LineCancelled(Exception):
+    """Ctrl-C on a prompt that already held text: drop that text, do not exit."""
+
+
+# --- transcripts ------------------------------------------------------------------------
+@dataclass
+class Transcript:
+    """A conversation: the system prompt, every message, and where the context starts.
+
+    `messages` holds user/assistant messages only (dicts with role, content and, for a
+    reply cut by Ctrl-C, interrupted=True). Messages before `start` were dropped from
+    the context (overflow or /reset) but are kept here, so nothing typed is lost.
+    """
+
+    system: str | None = None
+    messages: list[dict] = field(default_factory=list)
+    start: int = 0
+
+    def to_json(self) -> dict:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        body = [{k: v for k, v in m.items() if k in _SAVED_KEYS} for m in self.messages]
+        return {"format": FORMAT, "version": 1, "messages": head + body,
+                "context_start": len(head) + self.start}
+
+
+_SAVED_KEYS = ("role", "content", "interrupted")
+
+
+def load_transcript(path: Path) -> Transcript:
+    """Read a transcript written by --save or /save (or a bare OpenAI-style message list)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"transcript not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read transcript {path}: {getattr(e, 'strerror', None) or e}") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"transcript {path} is not valid JSON: {e}") from None
+    raw = data.get("messages") if isinstance(data, dict) else data
+    if not isinstance(raw, list):
+        raise UsageError(f"transcript {path} has no 'messages' list")
+    system, messages = None, []
+    for i, m in enumerate(raw):
+        if not (isinstance(m, dict) and isinstance(m.get("content"), str)
+                and m.get("role") in ("system", "user", "assistant")):
+            raise UsageError(f"transcript {path}: message {i} needs a role (system, user or "
+                             "assistant) and a text content")
+        if m["role"] == "system":
+            if i:
+                raise UsageError(f"transcript {path}: only the first message may be a system prompt")
+            system = m["content"]
+        else:
+            messages.append({k: v for k, v in m.items() if k in _SAVED_KEYS})
+    start = data.get("context_start", 0) if isinstance(data, dict) else 0
+    start = start - (1 if system is not None else 0) if isinstance(start, int) else 0
+    return Transcript(system, messages, min(max(start, 0), len(messages)))
+
+
+def save_transcript(path: Path, transcript: Transcript) -> None:
+    """Write atomically (temp file + rename): a crash never leaves half a transcript."""
+    path = Path(path)
+    text = json.dumps(transcript.to_json(), ensure_ascii=False, indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# --- prompt tokens ----------------------------------------------------------------------
+def tokenize_conversation(model, template, messages: list[dict],
+                          reply_tokens: list[tuple[int, ...] | None]) -> list[int]:
+    """Render and tokenize `messages`, splicing in the generated tokens of earlier replies.
+
+    `reply_tokens[i]` holds the tokens the models generated for the i-th non-system message
+    (None if unknown: a user message, or a reply loaded from a file). Each such reply is
+    rendered as a placeholder; the text between placeholders is tokenized on its own and
+    the reply's own tokens go in between, so the prompt repeats what is in the KV caches.
+    If the template alters the content (trims it, drops old turns' reasoning...), the
+    placeholders do not survive intact and the whole text is tokenized as usual.
+    """
+    from specli.prompt import tokenize_chat
+
+    offset = len(messages) - len(reply_tokens)  # a leading system message has no entry
+    marks = {offset + i: f"\x00specli-reply-{i}\x00" for i, t in enumerate(reply_tokens) if t}
+    if not marks:
+        return tokenize_chat(model, template, messages)
+    marked = [dict(m, content=marks[i]) if i in marks else m for i, m in enumerate(messages)]
+    text = template.render(marked)
+    plain = template.render(messages)
+    pieces, order, rest = [], [], text
+    for i, mark in marks.items():
+        before, found, rest = rest.partition(mark)
+        if not found:
+            break
+        pieces.append(before)
+        order.append(i)
+    restored = "".join(p + messages[i]["content"] for p, i in zip(pieces, order)) + rest
+    if len(order) != len(marks) or restored != plain:
+        return tokenize_chat(model, template, messages)
+    add_bos = model.adds_bos and not (template.bos_token and text.startswith(template.bos_token))
+    tokens: list[int] = []
+    for n, (piece, i) in enumerate(zip(pieces, order)):
+        tokens += model.tokenize(piece, add_special=add_bos and n == 0, parse_special=True)
+        tokens += reply_tokens[i - offset]
+    return tokens + model.tokenize(rest, add_special=False, parse_special=True)
+
+
+# --- statistics -------------------------------------------------------------------------
+@dataclass
+class Turn:
+    """What one reply cost. prompt_evaluated counts the prompt tokens the target decoded."""
+
+    prompt_tokens: int
+    prompt_evaluated: int
+    draft_evaluated: int | None  # None when no draft model ran this turn
+    stop_reason: str
+    stats: object  # engine.Stats
+
+
+@dataclass
+class Totals:
+    turns: int = 0
+    new_tokens: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    decode_seconds: float = 0.0
+    prompt_tokens: int = 0
+    prompt_evaluated: int = 0
+
+    def add(self, turn: Turn) -> None:
+        s = turn.stats
+        self.turns += 1
+        self.new_tokens += s.new_tokens
+        self.drafted += s.drafted
+        self.accepted += s.accepted
+        self.decode_seconds += s.decode_seconds
+        self.prompt_tokens += turn.prompt_tokens
+        self.prompt_evaluated += turn.prompt_evaluated
+
+
+def _rate(n: int, seconds: float) -> str:
+    return f"{n / seconds:.1f} tok/s" if seconds > 0 else "- tok/s"
+
+
+def _acceptance(accepted: int, drafted: int) -> str:
+    return f"{100 * accepted / drafted:.0f}% ({accepted}/{drafted})" if drafted else "- (no drafts)"
+
+
+def turn_line(turn: Turn) -> str:
+    s = turn.stats
+    draft = f", draft {turn.draft_evaluated}" if turn.draft_evaluated is not None else ""
+    return (f"{s.new_tokens} tokens · {_rate(s.new_tokens, s.decode_seconds)} · accepted "
+            f"{_acceptance(s.accepted, s.drafted)} · prompt tokens evaluated "
+            f"{turn.prompt_evaluated} of {turn.prompt_tokens}{draft}")
+
+
+def totals_line(t: Totals) -> str:
+    return (f"{t.turns} replies · {t.new_tokens} tokens · {_rate(t.new_tokens, t.decode_seconds)} · "
+            f"accepted {_acceptance(t.accepted, t.drafted)} · prompt tokens evaluated "
+            f"{t.prompt_evaluated} of {t.prompt_tokens}")
+
+
+# --- input ------------------------------------------------------------------------------
+def terminal_reader(prompt_file: TextIO | None = None) -> Callable[[str], str]:
+    """input() with readline line editing and arrow-key history, where available.
+
+    With stdout redirected, the prompt goes to `prompt_file` (stderr) so stdout keeps only
+    replies. Ctrl-C on a line that holds text raises LineCancelled instead of exiting.
+    """
+    try:
+        import readline
+    except ImportError:  # e.g. Windows without pyreadline: plain input, no history
+        readline = None
+
+    def read(prompt: str) -> str:
+        if prompt_file is not None:
+            prompt_file.write(prompt)
+            prompt_file.flush()
+            prompt = ""
+        try:
+            return input(prompt)
+        except KeyboardInterrupt:
+            if readline is not None and readline.get_line_buffer():
+                raise LineCancelled from None
+            raise
+
+    return read
+
+
+@contextmanager
+def no_echo(stream: TextIO):
+    """Turn off terminal echo while a reply streams, so that keys typed ahead do not scramble
+    the live view; they stay queued and readline shows them at the next prompt."""
+    try:
+        import termios
+    except ImportError:  # not POSIX
+        termios = None
+    errors = (OSError, ValueError, AttributeError) + ((termios.error,) if termios else ())
+    try:
+        fd = stream.fileno()
+        saved = termios.tcgetattr(fd) if termios is not None else None
+    except errors:  # not a terminal
+        saved = None
+    if saved is None:
+        yield
+        return
+    quiet = termios.tcgetattr(fd)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
+def stream_reader(stream: TextIO) -> Callable[[str], str]:
+    """Lines from a pipe or file; EOFError at its end. Prompts are not shown."""
+
+    def read(prompt: str) -> str:
+        line = stream.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\r\n")
+
+    return read
+
+
+def read_message(read: Callable[[str], str]) -> str:
+    """One complete input: a line, lines joined by trailing backslashes, or a \"\"\" block.
+
+    EOF inside a block or after a backslash ends the input with what was typed.
+    """
+    line = read(PROMPT)
+    if line.lstrip().startswith(FENCE):
+        rest = line.lstrip()[len(FENCE):]
+        if rest.rstrip().endswith(FENCE):  # """one line"""
+            return rest.rstrip()[: -len(FENCE)]
+        lines = [rest] if rest.strip() else []
+        while True:
+            try:
+                nxt = _read_more(read)
+            except EOFError:
+                break
+            if nxt.rstrip().endswith(FENCE):
+                lines.append(nxt.rstrip()[: -len(FENCE)])
+                break
+            lines.append(nxt)
+        while lines and not lines[-1].strip():
+            lines.pop()
+        return "\n".join(lines)
+    parts = []
+    while line.endswith("\\"):
+        parts.append(line[:-1])
+        try:
+            line = _read_more(read)
+        except EOFError:
+            line = ""
+            break
+    parts.append(line)
+    return "\n".join(parts)
+
+
+def _read_more(read: Callable[[str], str]) -> str:
+    """A continuation line; Ctrl-C there drops the whole input rather than exiting."""
+    try:
+        return read(CONTINUE)
+    except KeyboardInterrupt:
+        raise LineCancelled from None
+
+
+# --- the session ------------------------------------------------------------------------
+class ChatSession:
+    """A conversation with a loaded pair (a cli.common.Generation), one reply per turn."""
+
+    def __init__(self, gen, *, out, err, system: str | None = None,
+                 transcript: Transcript | None = None, save_path: Path | None = None,
+                 show: str = "rejected", interactive: bool = True,
+                 live_footer: bool = True, while_replying: Callable = nullcontext) -> None:
+        from specli.prompt import ChatTemplate
+
+        self.gen, self.out, self.err = gen, out, err
+        self.target = gen.loaded.target
+        self.chat = transcript or Transcript()
+        if system is not None:
+            self.chat.system = system
+        self.save_path = save_path
+        self.show = show
+        self.interactive = interactive
+        self.live_footer = live_footer and interactive
+        self.while_replying = while_replying  # e.g. no_echo(stdin): keys typed ahead stay off the live view
+        self.sampling: SamplingConfig = gen.sampling
+        self.spec: SpecConfig = gen.spec
+        self.seed = gen.spec.seed
+        self.n_replies = 0  # replies since the seed was set: reply i uses seed + i
+        self.template = ChatTemplate.of(self.target)
+        if self.template.is_fallback:
+            err.print("[yellow]warning:[/] the target has no chat template; using a plain "
+                      "'User:/Assistant:' format (see README)")
+        self.turns: list[Turn] = []
+        self.totals = Totals()
+        self._policies: dict = {}  # --k auto keeps what it measured across turns
+        self.on_round: Callable | None = None  # test hook: called after each rendered round
+
+    # --- the loop ---------------------------------------------------------------------
+    def run(self, read: Callable[[str], str]) -> None:
+        """Read and answer until /exit, EOF, or Ctrl-C at an empty prompt; then summarize."""
+        while True:
+            try:
+                text = read_message(read) if self.interactive else read(PROMPT)
+            except LineCancelled:
+                self.err.print("^C (line dropped)", style="dim")
+                continue
+            except (EOFError, KeyboardInterrupt):
+                if self.interactive:
+                    self.err.print()
+                break
+            try:
+                if not self.handle(text):
+                    break
+            except KeyboardInterrupt:  # outside the reply loop (e.g. while saving): keep going
+                self.err.print("\ninterrupted", style="yellow")
+        self.summary()
+
+    def handle(self, text: str) -> bool:
+        """One complete input: a message or a slash command. False means exit."""
+        if not text.strip():
+            return True
+        if text.startswith("/") and not text.startswith("//"):
+            return self.command(text)
+        self.send(text[1:] if text.startswith("//") else text)
+        return True
+
+    def send(self, text: str) -> Turn | None:
+        """Add a user message and answer it."""
+        self.chat.messages.append({"role": "user", "content": text})
+        return self.reply()
+
+    # --- one reply --------------------------------------------------------------------
+    def context(self) -> list[dict]:
+        head = [{"role": "system", "content": self.chat.system}] if self.chat.system else []
+        return head + [{"role": m["role"], "content": m["content"]}
+                       for m in self.chat.messages[self.chat.start:]]
+
+    def prompt_tokens(self) -> list[int]:
+        msgs = self.chat.messages[self.chat.start:]
+        return tokenize_conversation(self.target, self.template, self.context(),
+                                     [m.get("tokens") for m in msgs] if msgs else [])
+
+    def fit(self) -> list[int] | None:
+        """Tokens of the conversation, dropping the oldest turns until it fits with room to reply."""
+        n_ctx = self.target.n_ctx
+        room = min(self.spec.max_tokens, n_ctx // 4)
+        dropped = 0
+        tokens = self.prompt_tokens()
+        while len(tokens) + room > n_ctx:
+            nxt = next((i for i in range(self.chat.start + 1, len(self.chat.messages))
+                        if self.chat.messages[i]["role"] == "user"), None)
+            if nxt is None:
+                break
+            dropped += nxt - self.chat.start
+            self.chat.start = nxt
+            tokens = self.prompt_tokens()
+        if dropped:
+            kept = " (the system prompt is kept)" if self.chat.system else ""
+            self.err.print(f"[yellow]context full:[/] dropped the oldest {dropped} "
+                           f"message{'s' if dropped > 1 else ''} from the context{kept}")
+        if len(tokens) >= n_ctx:
+            self.err.print(f"[red]this message does not fit:[/] the prompt is {len(tokens)} "
+                           f"tokens and the context {n_ctx} (raise --ctx); not sent")
+            return None
+        return tokens
+
+    def reply(self) -> Turn | None:
+        """Answer the conversation as it stands (its last message is the user's)."""
+        try:
+            tokens = self.fit()
+        except SpecliError as e:  # e.g. a template that raises on this conversation
+            self._error(e)
+            tokens = None
+        if tokens is None:
+            self.chat.messages.pop()
+            return None
+        spec = replace(self.spec, seed=self.seed + self.n_replies)
+        try:
+            drafter, policy = self._drafter_policy(spec, self.sampling)
+        except SpecliError as e:
+            self._error(e)
+            self.chat.messages.pop()
+            return None
+        self.n_replies += 1
+        # Keep the longest cached prefix now, to count what is evaluated; the engine's own
+        # reuse_prefix then finds nothing more to drop.
+        evaluated = len(tokens) - self.target.reuse_prefix(tokens)
+        draft_model = _draft_model(drafter) if spec.k != 0 else None
+        draft_evaluated = (len(tokens) - draft_model.reuse_prefix(tokens)
+                           if draft_model is not None else None)
+        from specli.engine import speculative_generate
+
+        events = speculative_generate(self.target, drafter, tokens, self.sampling, spec,
+                                      policy=policy, n_vocab=self.gen.loaded.n_vocab)
+        done = self._stream(events, spec)
+        self.out.file.flush()
+        if done is None or done.stop_reason == "interrupted":
+            for model in (self.target, draft_model):
+                _drop_uncounted_cells(model)
+        if done is None:  # an error in the engine, reported already
+            self.chat.messages.pop()
+            return None
+        # The reply's own tokens are kept (in memory only) so that the next prompt holds
+        # exactly what the models generated: re-tokenizing its text may split it otherwise.
+        msg = {"role": "assistant", "content": done.text, "tokens": tuple(done.tokens)}
+        if done.stop_reason == "interrupted":
+            msg["interrupted"] = True
+        self.chat.messages.append(msg)
+        turn = Turn(len(tokens), evaluated, draft_evaluated, done.stop_reason, done.stats)
+        self.turns.append(turn)
+        self.totals.add(turn)
+        self._after_reply(done, turn)
+        return turn
+
+    def _drafter_policy(self, spec: SpecConfig, sampling: SamplingConfig):
+        """A fresh drafter for this reply, warping exactly as the target does (same sampling).
+
+        Fresh each reply: the KV state lives in the models, and an n-gram index built
+        for an earlier conversation (before /retry, /reset or trimming) would be stale.
+        """
+        if spec.k == 0:
+            return None, None
+        from specli.session import make_drafter, make_policy
+
+        drafter = make_drafter(self.gen.loaded, self.gen.drafter_name, sampling)
+        key = (spec.k, spec.k_max, self.gen.drafter_name, sampling)
+        if key not in self._policies:
+            self._policies[key] = make_policy(spec, drafter)
+        return drafter, self._policies[key]
+
+    def _stream(self, events, spec):
+        from specli.engine import Done
+        from specli.render import LiveView
+
+        mode = self.show if self.interactive and self.out.is_terminal else "plain"
+        view = LiveView(self.out, mode=mode, k_label=str(spec.k), footer=self.live_footer)
+        done, text = None, []
+        try:
+            with self.while_replying(), view:
+                try:
+                    for ev in events:
+                        if isinstance(ev, Done):
+                            done = ev
+                            break
+                        text.append(ev.text)
+                        view.round(ev)
+                        if self.on_round is not None:
+                            self.on_round(ev)
+                except KeyboardInterrupt:
+                    done = _throw_interrupt(events)
+        except SpecliError as e:
+            self._error(e)
+            return None
+        if done is None:  # interrupted where the engine could not answer with a Done
+            from specli.engine import Stats
+
+            done = Done("interrupted", (), "".join(text), Stats(), "interrupted")
+        return done
+
+    def _after_reply(self, done, turn: Turn) -> None:
+        if done.stop_reason == "interrupted":
+            self.err.print("[yellow]\\[interrupted][/] the partial reply is kept in the history")
+        elif done.stop_reason == "context_full":
+            self.err.print("[yellow]context full:[/] the reply was cut; older turns will be "
+                           "dropped next turn")
+        elif done.stop_reason == "max_tokens" and self.interactive:
+            self.err.print(f"[dim](stopped at --max-tokens {self.spec.max_tokens})[/]")
+        if self.interactive:
+            self.err.print(turn_line(turn), style="dim", highlight=False)
+        self.autosave()
+
+    # --- transcript -------------------------------------------------------------------
+    def autosave(self) -> None:
+        if self.save_path is not None:
+            self._save(self.save_path, quiet=True)
+
+    def _save(self, path: Path, quiet: bool = False) -> bool:
+        try:
+            save_transcript(path, self.chat)
+        except OSError as e:
+            self._error(f"cannot write {path}: {e.strerror or e}")
+            return False
+        if not quiet:
+            self.err.print(f"saved {len(self.chat.messages)} messages to {path}", markup=False)
+        return True
+
+    def _error(self, message) -> None:
+        from rich.text import Text
+
+        self.err.print(Text.assemble(("error: ", "red"), str(message)))
+
+    def summary(self) -> None:
+        if not self.interactive:
+            return
+        self.err.print(f"session: {totals_line(self.totals)}", highlight=False)
+        if self.save_path is not None and self.totals.turns:
+            self.err.print(f"transcript: {self.save_path}", markup=False)
+
+    # --- slash commands ---------------------------------------------------------------
+    def command(self, text: str) -> bool:
+        name, _, arg = text[1:].partition(" ")
+        name, arg = name.strip().lower(), arg.strip()
+        if name in ("exit", "quit", "q", "bye"):
+            return False
+        handler = getattr(self, f"_cmd_{name}", None)
+        if handler is None:
+            self.err.print(f"unknown command /{name}; /help lists them", markup=False)
+            return True
+        try:
+            handler(arg)
+        except UsageError as e:
+            self._error(e)
+        return True
+
+    def _cmd_help(self, arg: str) -> None:
+        self.err.print(HELP, highlight=False, markup=False)
+
+    def _cmd_reset(self, arg: str) -> None:
+        self.chat.start = len(self.chat.messages)
+        self.err.print("new conversation" + (" (system prompt kept)" if self.chat.system else ""))
+        self.autosave()
+
+    def _cmd_retry(self, arg: str) -> None:
+        msgs = self.chat.messages[self.chat.start:]
+        if not any(m["role"] == "user" for m in msgs):
+            self.err.print("nothing to retry yet")
+            return
+        if msgs[-1]["role"] == "assistant":
+            self.chat.messages.pop()
+        self.reply()
+
+    def _cmd_k(self, arg: str) -> None:
+        if not arg:
+            self.err.print(f"K = {self.spec.k}")
+            return
+        spec = replace(self.spec, k=parse_k(arg))
+        self._drafter_policy(spec, self.sampling)  # fails here if no draft model is loaded
+        self.spec = spec
+        self.err.print(f"K = {spec.k}")
+
+    def _cmd_temp(self, arg: str) -> None:
+        if not arg:
+            self.err.print(f"temperature = {self.sampling.temperature}")
+            return
+        try:
+            value = float(arg)
+        except ValueError:
+            raise UsageError(f"/temp needs a number, got {arg!r}") from None
+        self.sampling = replace(self.sampling, temperature=value)
+        self.err.print(f"temperature = {value}" + (" (greedy)" if value == 0 else ""))
+
+    def _cmd_seed(self, arg: str) -> None:
+        if not arg:
+            self.err.print(f"seed = {self.seed}")
+            return
+        try:
+            self.seed = int(arg)
+        except ValueError:
+            raise UsageError(f"/seed needs an integer, got {arg!r}") from None
+        self.n_replies = 0
+        self.err.print(f"seed = {self.seed}")
+
+    def _cmd_stats(self, arg: str) -> None:
+        if not self.turns:
+            self.err.print("no replies yet")
+            return
+        self.err.print(f"this turn: {turn_line(self.turns[-1])}", highlight=False)
+        self.err.print(f"session:   {totals_line(self.totals)}", highlight=False)
+        in_ctx = len(self.chat.messages) - self.chat.start
+        self.err.print(f"context:   {self.target.n_past} of {self.target.n_ctx} tokens cached, "
+                       f"{in_ctx} messages in context, {self.chat.start} dropped", highlight=False)
+
+    def _cmd_save(self, arg: str) -> None:
+        if not arg:
+            raise UsageError("/save needs a file name")
+        self._save(Path(arg).expanduser())
+
+    def _cmd_system(self, arg: str) -> None:
+        if not arg:
+            self.err.print(f"system prompt: {self.chat.system!r}" if self.chat.system
+                           else "no system prompt (the template's default applies)", markup=False)
+            return
+        self.chat.system = arg
+        self.err.print("system prompt set")
+        self.autosave()
+
+    def _cmd_show(self, arg: str) -> None:
+        if arg not in SHOW_MODES:
+            raise UsageError(f"/show takes {', '.join(SHOW_MODES)}; got {arg!r}")
+        self.show = arg
+        self.err.print(f"show {arg}")
+
+
+def _draft_model(drafter):
+    """The draft LlamaModel a drafter decodes with, or None (n-gram drafting)."""
+    if drafter is None:
+        return None
+    return getattr(drafter, "model", None) or getattr(
+        getattr(drafter, "model_drafter", None), "model", None)
+
+
+def _drop_uncounted_cells(model) -> None:
+    """After Ctrl-C, make the KV cache hold exactly `model.tokens` again.
+
+    A Ctrl-C during llama_decode raises as soon as the call returns, before the backend
+    records the tokens: the cache then holds cells past n_past, and the next decode at
+    n_past fails. truncate(n) clears every cell >= n, so giving up the last counted token
+    (decoded again next turn) clears those too.
+    """
+    if model is not None and model.n_past > 0:
+        model.truncate(model.n_past - 1)
+
+
+def _throw_interrupt(events):
+    """Ctrl-C landed outside the engine (while rendering): let the engine end the stream."""
+    try:
+        return events.throw(KeyboardInterrupt)
+    except (KeyboardInterrupt, StopIteration):
+        return None
+

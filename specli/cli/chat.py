@@ -1,0 +1,116 @@
+"""`specli chat`: an interactive conversation that keeps both KV caches warm between turns."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from specli.cli._app import (CtxOpt, DraftNglOpt, DraftOpt, DrafterOpt, DraftThreadsOpt, ForceOpt,
+                             KOpt, MaxTokOpt, MinPOpt, NglOpt, PairOpt, SeedOpt, SystemOpt,
+                             TargetOpt, TempOpt, ThreadsOpt, TopKOpt, TopPOpt, app)
+from specli.cli.common import consoles, open_generation
+from specli.errors import UsageError
+
+CHAT_HELP = """Chat with a model, speculative decoding every reply; only new tokens are evaluated each turn.
+
+Type a message and press Enter. End a line with \\ to continue it, or paste between two \"\"\" lines. /help lists the commands (/k, /temp, /stats, /retry, /save, ...). Ctrl-C stops a reply (the partial reply is kept); Ctrl-D, or Ctrl-C at an empty prompt, exits with a summary. With stdin not a terminal, each line is one message and replies print plainly.
+
+Examples:
+
+  specli chat
+
+  specli chat --system "You are a terse assistant." --save talk.json
+
+  specli chat --load talk.json --save talk.json              # resume and keep saving
+
+  printf 'Hi\\nWrite a haiku\\n' | specli chat --temperature 0  # scripted
+"""
+
+
+@app.command("chat", help=CHAT_HELP)
+def chat_cmd(
+    pair: PairOpt = None,
+    target: TargetOpt = None,
+    draft: DraftOpt = None,
+    drafter: DrafterOpt = "model",
+    force: ForceOpt = False,
+    k: KOpt = "4",
+    temperature: TempOpt = 0.8,
+    top_k: TopKOpt = 40,
+    top_p: TopPOpt = 0.95,
+    min_p: MinPOpt = 0.05,
+    seed: SeedOpt = 0,
+    max_tokens: MaxTokOpt = 512,
+    ctx: CtxOpt = 4096,
+    threads: ThreadsOpt = None,
+    draft_threads: DraftThreadsOpt = None,
+    n_gpu_layers: NglOpt = 0,
+    draft_n_gpu_layers: DraftNglOpt = None,
+    system: SystemOpt = None,
+    load: Annotated[Optional[Path], typer.Option(
+        "--load", help="Resume the conversation saved in this JSON transcript.",
+        rich_help_panel="Conversation")] = None,
+    save: Annotated[Optional[Path], typer.Option(
+        "--save", help="Write the JSON transcript to this file after every turn.",
+        rich_help_panel="Conversation")] = None,
+    plain: Annotated[bool, typer.Option("--plain", help="Plain text: no colours, no live footer.",
+                                        rich_help_panel="Output")] = False,
+    show: Annotated[str, typer.Option("--show", help="rejected (show rejected drafts), accepted, or plain.",
+                                      rich_help_panel="Output")] = "rejected",
+) -> None:
+    from specli.chat import (ChatSession, load_transcript, no_echo, save_transcript,
+                             stream_reader, terminal_reader)
+
+    if show not in ("rejected", "accepted", "plain"):
+        raise UsageError(f"--show must be rejected, accepted or plain, got {show!r}")
+    transcript = load_transcript(load) if load is not None else None  # fail before loading models
+    if save is not None and not save.parent.resolve().is_dir():
+        raise UsageError(f"--save: directory not found: {save.parent}")
+    interactive = sys.stdin.isatty()
+    out, err = consoles(plain=plain)
+    with open_generation(
+        err, pair=pair, target=target, draft=draft, drafter=drafter, force=force, k=k,
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+        max_tokens=max_tokens, ctx=ctx, threads=threads, draft_threads=draft_threads,
+        n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers,
+    ) as gen:
+        session = ChatSession(gen, out=out, err=err, system=system, transcript=transcript,
+                              save_path=save, show="plain" if plain else show,
+                              interactive=interactive, live_footer=not plain,
+                              while_replying=lambda: no_echo(sys.stdin))
+        if interactive:
+            _banner(session, err, load)
+            read = terminal_reader(None if sys.stdout.isatty() else sys.stderr)
+        else:
+            read = stream_reader(sys.stdin)
+        if save is not None and transcript is not None:
+            save_transcript(save, session.chat)
+        session.run(read)
+
+
+def _banner(session, err, load: Optional[Path]) -> None:
+    gen = session.gen
+    from rich.markup import escape
+
+    d = gen.paths.draft.name if gen.paths.draft and gen.loaded.draft else gen.drafter_name
+    err.print(f"[bold]specli chat[/] · {escape(gen.paths.target.name)} ← {escape(d)} · "
+              f"K {gen.spec.k} · temperature {gen.sampling.temperature}", highlight=False)
+    if load is not None:
+        n = len(session.chat.messages) - session.chat.start
+        err.print(f"resumed {n} messages from {load}", highlight=False, markup=False)
+        last = next((m for m in reversed(session.chat.messages)
+                     if m["role"] == "assistant" and m["content"].strip()), None)
+        if last is not None:
+            cut = " (interrupted)" if last.get("interrupted") else ""
+            err.print(f"[dim]last reply{cut}:[/] {_clip(last['content'])}", highlight=False)
+    err.print("[dim]/help for commands · Ctrl-D to exit[/]")
+
+
+def _clip(text: str, n: int = 200) -> str:
+    from rich.markup import escape
+
+    text = " ".join(text.split())
+    return escape(text if len(text) <= n else text[: n - 1] + "…")
