@@ -11,6 +11,7 @@ import sys
 from specli.cli._app import app
 from specli.cli import run as _run  # noqa: F401,E402  (registers `run`)
 from specli.cli import models as _models  # noqa: F401,E402  (registers `models`)
+from specli.cli import bench as _bench  # noqa: F401,E402  (registers bench)
 from specli.cli import chat as _chat  # noqa: F401,E402  (registers chat)
 from specli.errors import SpecliError
 

@@ -62,3 +62,19 @@ NglOpt = Annotated[int, typer.Option(
 DraftNglOpt = Annotated[Optional[int], typer.Option(
     "--draft-n-gpu-layers", help="Draft layers on the GPU (default: --n-gpu-layers).", rich_help_panel="Runtime")]
 SystemOpt = Annotated[Optional[str], typer.Option("--system", help="System prompt.", rich_help_panel="Prompt")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from specli import __version__
+
+        typer.echo(f"specli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Exact speculative decoding for local GGUF models, over llama.cpp."""

@@ -1,0 +1,180 @@
+"""The benchmark scripts' parsing and summary functions, on captured samples; --help works.
+
+No models, no timing asserts: these scripts print numbers, the tests check they read
+llama.cpp's output and summarise rows correctly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH_DIR / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses need the module registered
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def vs():
+    return _load("vs_llama_cpp")
+
+
+@pytest.fixture(scope="module")
+def prof():
+    return _load("profile_loop")
+
+
+# Captured from llama-speculative-simple (stderr), trimmed.
+SPEC_STDERR = """\
+common_init_from_params: warming up the model with an empty run - please wait ...
+encoded   31 tokens in    0.412 seconds, speed:   75.243 t/s
+decoded  130 tokens in    3.046 seconds, speed:   42.679 t/s
+
+n_draft   = 3
+n_predict = 130
+n_drafted = 117
+n_accept  = 90
+accept    = 76.923%
+"""
+
+PROMPT = "<|im_start|>user\nWrite hi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_parse_decoded_and_encoded(vs):
+    assert vs.parse_decoded(SPEC_STDERR) == (130, 3.046)
+    assert vs.parse_encoded(SPEC_STDERR) == 31
+    assert vs.parse_acceptance(SPEC_STDERR) == (117, 90)
+    assert vs.parse_decoded("nothing here") is None
+    assert vs.parse_acceptance("n_drafted = 3") is None
+
+
+def test_parse_llama_bench_json(vs):
+    out = json.dumps([{"n_prompt": 0, "n_gen": 128, "avg_ts": 35.25, "stddev_ts": 0.1}])
+    assert vs.parse_llama_bench(out) == pytest.approx(35.25)
+    assert vs.parse_llama_bench("not json") is None
+    assert vs.parse_llama_bench(json.dumps([{"n_prompt": 512, "n_gen": 0, "avg_ts": 300}])) is None
+
+
+def test_extract_generated(vs):
+    stdout = "\n\n" + PROMPT + "Hello, world!\n" + "\n\n" + "\n\n"
+    assert vs.extract_generated(stdout, PROMPT) == "Hello, world!\n"
+    assert vs.extract_generated("\n\n" + PROMPT + "abc", PROMPT) == "abc"
+    assert vs.extract_generated("something else", PROMPT) is None
+
+
+def test_compare_texts(vs):
+    assert vs.compare_texts("abc", "abcdef").same
+    m = vs.compare_texts("abXdef", "abcdef")
+    assert not m.same and m.first_diff == 2 and m.compared == 6
+    assert vs.compare_texts("", "x").same
+
+
+def _row(engine, mode, k, prompt, repeat, tps, **kw):
+    return {"engine": engine, "mode": mode, "k": k, "prompt": prompt, "repeat": repeat,
+            "tok_s": tps, **kw}
+
+
+def test_summarize_pairs_runs_and_formats(vs):
+    rows = []
+    for r in range(2):
+        for p, scale in (("a", 1.0), ("b", 2.0)):
+            rows += [
+                _row("native", "target", 0, p, r, 30 * scale),
+                _row("specli", "target", 0, p, r, 30 * scale, text_match={"same": True}),
+                _row("native", "draft-simple", 3, p, r, 40 * scale, accept_rate=0.7),
+                _row("specli", "model", 3, p, r, 50 * scale, accept_rate=0.7,
+                     text_match={"same": p == "a", "compared": 10, "first_diff": None if p == "a" else 4,
+                                 "context": "x"}, text_vs="native:draft-simple:3"),
+            ]
+    s = vs.summarize(rows, [3])
+    assert s["per_k"]["3"]["specli_vs_native"]["median"] == pytest.approx(1.25)
+    assert s["per_k"]["3"]["specli_vs_specli_target"]["median"] == pytest.approx(50 / 30)
+    assert s["target_alone_specli_vs_native"]["median"] == pytest.approx(1.0)
+    assert s["variants"]["specli:model:3"]["runs"] == 4
+    assert s["text"] == {"compared": 8, "differ": 2, "examples": s["text"]["examples"]}
+    table = vs.format_table(s, [3])
+    assert "1.25×" in table and "6/8 runs agree" in table
+
+
+def test_summarize_ngram(vs):
+    rows = [_row("specli", "ngram-target", 0, "e", 0, 30.0),
+            _row("native", "ngram-simple", 12, "e", 0, 60.0),
+            _row("specli", "auto", "auto", "e", 0, 66.0),
+            _row("specli", "ngram", "auto", "e", 0, 63.0)]
+    s = vs.summarize(rows, [], ["auto"])
+    assert s["ngram"]["native_ngram_vs_specli_target"]["median"] == pytest.approx(2.0)
+    assert s["ngram"]["specli_auto_auto_vs_native_ngram"]["median"] == pytest.approx(1.1)
+    assert "prompt lookup" in vs.format_table(s, [])
+
+
+def test_native_command_is_fair(vs, tmp_path):
+    s = vs.Setup(tmp_path, Path("t.gguf"), Path("d.gguf"), 128, 2, 2, 4096)
+    cmd = vs.native_spec_cmd(s, PROMPT, "draft-simple", 3)
+    joined = " ".join(cmd)
+    for part in ("--spec-type draft-simple", "--spec-draft-n-max 3", "--temp 0", "-t 2", "-td 2",
+                 "-n 128", "--no-escape", "-c 4096", "--spec-draft-p-min 0"):
+        assert part in joined
+    assert cmd[cmd.index("-p") + 1] == PROMPT  # the rendered text, verbatim
+    ng = vs.native_spec_cmd(s, PROMPT, "ngram-simple", 12)
+    assert "-md" not in ng and "--spec-draft-n-max" in ng
+
+
+def test_profile_breakdown_adds_up(prof):
+    excl = {"llama_decode target": 0.8, "llama_decode draft": 0.1, "verification": 0.02,
+            "render": 0.01, "custom": 0.005}
+    rows = prof.breakdown(excl, {"verification": 40}, wall=1.0, tokens=100)
+    assert [r["part"] for r in rows][:2] == ["llama_decode target", "llama_decode draft"]
+    assert rows[-1]["part"].startswith("unaccounted")
+    assert sum(r["seconds"] for r in rows) == pytest.approx(1.0)
+    assert prof.outside_share(rows) == pytest.approx(0.1)
+    assert "outside llama_decode" in prof.format_breakdown(rows, "t")
+
+
+def test_profile_timers_charge_exclusive_time(prof):
+    t = prof.Timers()
+    inner = t.wrap("inner", lambda: sum(range(20000)))
+    outer = t.wrap("outer", lambda: inner() + inner())
+    t.active = True
+    outer()
+    assert t.calls == {"inner": 2, "outer": 1}
+    assert t.excl["outer"] >= 0 and t.excl["inner"] > 0
+    t.active = False
+    outer()  # inactive: not counted
+    assert t.calls["outer"] == 1
+
+
+@pytest.mark.parametrize("script", ["vs_llama_cpp.py", "profile_loop.py"])
+def test_help(script):
+    out = subprocess.run([sys.executable, str(BENCH_DIR / script), "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "usage:" in out.stdout
+
+
+def test_noisy_groups_are_left_out(vs):
+    rows = [_row("native", "draft-simple", 3, "a", 0, 10.0, foreign_cpu=0.5),
+            _row("specli", "model", 3, "a", 0, 30.0, foreign_cpu=0.0),
+            _row("native", "draft-simple", 3, "a", 1, 10.0, foreign_cpu=0.01),
+            _row("specli", "model", 3, "a", 1, 12.0, foreign_cpu=0.02)]
+    s = vs.summarize(rows, [3], max_foreign=0.1)
+    assert s["per_k"]["3"]["specli_vs_native"]["median"] == pytest.approx(1.2)
+    assert s["noise"]["excluded_groups"] == [["a", 0]]
+    assert vs.summarize(rows, [3])["per_k"]["3"]["specli_vs_native"]["n"] == 2
+    assert "left out" in vs.format_table(s, [3])
+
+
+def test_foreign_share(vs):
+    assert vs.foreign_share(100.0, 104.0, own_cpu=2.0, wall=1.0) == pytest.approx(2.0 / (1.0 * __import__("os").cpu_count()))
+    assert vs.foreign_share(100.0, 101.0, own_cpu=2.0, wall=1.0) == 0.0
+    assert vs.foreign_share(None, 1.0, own_cpu=0.0, wall=1.0) is None
