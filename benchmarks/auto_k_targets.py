@@ -46,8 +46,9 @@ def report(path: Path) -> None:
     data = json.loads(path.read_text())
     s = data["summary"]
     temp = (s.get("sampling") or {}).get("temperature")
-    print(f"\n== {path.name}  (temperature {temp}, {len(data['results'])} runs, "
-          f"load {s.get('load_before')} -> {s.get('load_after')})")
+    other = s.get("other_cpu_share")
+    print(f"\n== {path.name}  (temperature {temp}, {len(data['results'])} runs, other processes "
+          f"used {'?' if other is None else f'{100 * other:.0f}%'} of the CPUs)")
     for suite, ss in s["suites"].items():
         best = ss.get("best_fixed") or {}
         line = f"  {suite:<10} best fixed K {best.get('k')} ({best.get('drafter')}) {_fmt(best.get('speedup'))}"
@@ -57,15 +58,16 @@ def report(path: Path) -> None:
             line += (f" | auto[{d}] {_fmt(a['vs_baseline'])} baseline {'ok' if ok1 else 'MISS'}, "
                      f"{_fmt(a['vs_best_fixed'])} best fixed {'ok' if ok2 else 'MISS'}")
         print(line)
-    print("  K  drafter  measured  formula (err)    replay (err)")
+    print("  K  drafter  measured  formula (err)   +catch-up (err)  replay (err)")
     for v in s["variants"]:
-        if v["k"] in (0, "auto") or not v.get("runs") or not v.get("speedup"):
+        if v["k"] == 0 or not v.get("runs") or not v.get("speedup"):
             continue
         m = v["speedup"]["median"]
-        p, r = v.get("predicted_speedup"), v.get("replayed_speedup")
+        p, c, r = (v.get("predicted_speedup"), v.get("predicted_speedup_catchup"),
+                   v.get("replayed_speedup"))
         err = lambda x: "" if x is None else f"({100 * (x - m) / m:+.0f}%)"  # noqa: E731
         print(f"  {v['k']:<2} {v['drafter']:<8} {m:7.2f}×  {_fmt(p):>7} {err(p):<8} "
-              f"{_fmt(r):>7} {err(r)}")
+              f"{_fmt(c):>7} {err(c):<8} {_fmt(r):>7} {err(r)}")
 
 
 def main(argv=None) -> None:

@@ -220,7 +220,12 @@ def text_agreement(rows: list[dict]) -> dict:
     """How often specli's greedy text equals native's (and specli K's equals specli K=0)."""
     checked = [r for r in rows if r.get("text_match") is not None]
     diffs = [r for r in checked if not r["text_match"]["same"]]
+    texts: dict[str, set] = {}
+    for r in rows:
+        if r.get("text") is not None:
+            texts.setdefault(f"{r['prompt']} {variant_key(r)}", set()).add(r["text"])
     return {"compared": len(checked), "differ": len(diffs),
+            "varies_across_repeats": sorted(k for k, v in texts.items() if len(v) > 1),
             "examples": [{"prompt": r["prompt"], "engine": r["engine"], "mode": r["mode"],
                           "k": r["k"], "vs": r.get("text_vs"), **r["text_match"]}
                          for r in diffs[:10]]}
@@ -244,6 +249,8 @@ def format_table(summary: dict, ks: list) -> str:
         return _fmt(e and e["tok_s_median"])
 
     lines = []
+    if not ks:
+        return _format_rest(summary, v, tps, lines)
     lines.append("target alone:  native llama-bench tg {} tok/s · specli K=0 {} tok/s · "
                  "specli/native {}".format(tps("native:target:0"), tps("specli:target:0"),
                                            _ratio(summary.get("target_alone_specli_vs_native"))))
@@ -260,6 +267,10 @@ def format_table(summary: dict, ks: list) -> str:
         lines.append(f"{k:>2}  {tps(nk):>12}  {tps(sk):>12}  {_ratio(pk['specli_vs_native']):>22}  "
                      f"{_ratio(pk['specli_vs_specli_target']):>22}  "
                      f"{_ratio(pk['native_vs_native_target']):>22}  {acc:>11}")
+    return _format_rest(summary, v, tps, lines)
+
+
+def _format_rest(summary: dict, v: dict, tps, lines: list[str]) -> str:
     if "ngram" in summary:
         lines.append("")
         lines.append("prompt lookup (edit suite): native ngram-simple {} tok/s · specli K=0 {} tok/s "
@@ -283,6 +294,9 @@ def format_table(summary: dict, ks: list) -> str:
     lines.append("")
     lines.append(f"greedy text: {t['compared'] - t['differ']}/{t['compared']} runs agree "
                  f"(over the common length)")
+    if t.get("varies_across_repeats"):
+        lines.append("  same settings, different text across repeats: "
+                     + ", ".join(t["varies_across_repeats"]))
     for ex in t["examples"]:
         lines.append(f"  differ: {ex['prompt']} {ex['engine']}:{ex['mode']}:K{ex['k']} vs "
                      f"{ex['vs']} at char {ex['first_diff']}: {ex['context']}")
@@ -437,7 +451,7 @@ def _own_cpu() -> float:
 class Specli:
     """Both models loaded once; each run builds a fresh drafter and policy, like `specli run`."""
 
-    def __init__(self, s: Setup, load_draft: bool = True) -> None:
+    def __init__(self, s: Setup, load_draft: bool = True, fresh_cache: bool = True) -> None:
         from specli.config import RuntimeConfig
         from specli.session import ModelPaths, load_models
 
@@ -445,6 +459,7 @@ class Specli:
         rt = RuntimeConfig(n_ctx=s.ctx, n_threads=s.threads, draft_n_threads=s.draft_threads)
         self.loaded = load_models(paths, rt, load_draft=load_draft)
         self.n = s.n
+        self.fresh_cache = fresh_cache
 
     def tokens(self, text: str) -> tuple[list[int], str]:
         from specli.prompt import ChatTemplate, tokenize_chat
@@ -461,6 +476,10 @@ class Specli:
         sampling = SamplingConfig(temperature=0.0)
         spec = SpecConfig(k=k, max_tokens=self.n, seed=0, drafter=drafter)
         d = make_drafter(self.loaded, drafter, sampling) if k != 0 else None
+        if self.fresh_cache:  # like each native run: empty KV caches (the prefill is not timed)
+            for m in (self.loaded.target, self.loaded.draft):
+                if m is not None:
+                    m.reset()
         done = None
         busy0, t0, own0 = cpu_busy_seconds(), time.monotonic(), _own_cpu()
         for ev in speculative_generate(self.loaded.target, d, tokens, sampling, spec,
@@ -600,6 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also compare prompt lookup: native ngram-simple vs specli ngram/auto")
     ap.add_argument("--ngram-prompts", default="edit", help="suite or JSONL for --ngram (default edit)")
     ap.add_argument("--ngram-k", default="auto", help="specli K for --ngram runs (default auto)")
+    ap.add_argument("--reuse-cache", action="store_true",
+                    help="let specli reuse KV caches across runs (default: empty them before each "
+                         "run, as each native run starts fresh)")
     ap.add_argument("--max-foreign", type=float, default=None,
                     help="leave out prompt×repeat groups where other processes used more than "
                          "this share of the CPU during a run (e.g. 0.1); all runs stay in the JSON")
@@ -632,7 +654,7 @@ def main(argv=None) -> int:
               args.draft_threads or args.threads, args.ctx, env)
     load_before = os.getloadavg()
     t0 = time.time()
-    sp = Specli(s)
+    sp = Specli(s, fresh_cache=not args.reuse_cache)
     rows: list[dict] = []
     try:
         if not args.no_draft_comparison:

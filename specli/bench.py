@@ -199,6 +199,50 @@ class Calibration:
                 "draft_ratio": (self.t_draft / self.t_verify[0]) if self.t_draft else None}
 
 
+class CostSampler:
+    """Collects calibration samples over the whole sweep; `result()` takes the medians.
+
+    `bench` samples `reps` times before the sweep and once more before each later
+    prompt block, so the costs are measured under the same conditions as the runs they
+    predict (on a shared machine, load comes and goes within minutes).
+    """
+
+    def __init__(self, target, draft, n_max: int, sampling: SamplingConfig, n_vocab: int) -> None:
+        self.target, self.draft, self.n_max = target, draft, n_max
+        self.sampling, self.n_vocab = sampling, n_vocab
+        self.verify_sizes = list(range(1, n_max + 1))
+        self.draft_sizes = sorted({1, 2, 4, 8, *DRAFT_CATCHUP_SIZES})
+        self.t_verify: dict[int, list[float]] = {n: [] for n in self.verify_sizes}
+        self.t_draft_batch: dict[int, list[float]] = {n: [] for n in self.draft_sizes}
+        self.t_choice: float | None = None
+        self.context_tokens = 0
+        self.reps = 0
+
+    def sample(self, context: Sequence[int], reps: int = 1) -> None:
+        """`reps` more samples of every batch size, decoded after `context`."""
+        self.context_tokens = self.context_tokens or len(context)
+        for n, ts in _time_batches(self.target, context, self.verify_sizes, reps).items():
+            self.t_verify[n] += ts
+        if self.draft is not None:
+            for n, ts in _time_batches(self.draft, context, self.draft_sizes, reps,
+                                       all_logits=False).items():
+                self.t_draft_batch[n] += ts
+            if self.t_choice is None:
+                self.t_choice = _time_choice(self.draft, context, self.sampling, self.n_vocab)
+        self.reps += reps
+
+    def result(self) -> Calibration | None:
+        if not self.reps:
+            return None
+        med = statistics.median
+        t_verify = tuple(med(self.t_verify[n]) for n in self.verify_sizes)
+        if self.draft is None:
+            return Calibration(t_verify, None, self.reps, self.context_tokens)
+        t_db = {n: med(v) for n, v in self.t_draft_batch.items()}
+        return Calibration(t_verify, t_db[1] + (self.t_choice or 0.0), self.reps,
+                           self.context_tokens, t_db)
+
+
 def calibrate(target, draft, context: Sequence[int], n_max: int, sampling: SamplingConfig,
               n_vocab: int, reps: int = 5) -> Calibration:
     """Time t_v(n) for n = 1..n_max, the draft's per-token cost and its batch costs.
@@ -208,18 +252,18 @@ def calibrate(target, draft, context: Sequence[int], n_max: int, sampling: Sampl
     Batch sizes are interleaved within each repetition so drift spreads over all of them;
     each figure is the median of `reps` samples, after one untimed decode per model.
     """
-    t_verify = _time_batches(target, context, range(1, n_max + 1), reps)
-    if draft is None:
-        return Calibration(tuple(t_verify[n] for n in range(1, n_max + 1)), None, reps, len(context))
-    sizes = sorted(set(range(1, n_max + 1)) | set(DRAFT_CATCHUP_SIZES))
-    t_db = _time_batches(draft, context, sizes, reps)
-    t_draft = t_db[1] + _time_choice(draft, context, sampling, n_vocab)
-    return Calibration(tuple(t_verify[n] for n in range(1, n_max + 1)), t_draft, reps,
-                       len(context), t_db)
+    sampler = CostSampler(target, draft, n_max, sampling, n_vocab)
+    sampler.sample(context, reps)
+    return sampler.result()
 
 
-def _time_batches(model, context: Sequence[int], sizes, reps: int) -> dict[int, float]:
-    """{n: median seconds} to decode n tokens (n logits rows) after `context`."""
+def _time_batches(model, context: Sequence[int], sizes, reps: int,
+                  all_logits: bool = True) -> dict[int, list[float]]:
+    """{n: [seconds, ...]}: `reps` timings of decoding n tokens after `context`.
+
+    all_logits: n rows of logits, as verification asks; else one row, as the drafter asks
+    (with a 150k vocabulary the output rows are a good part of a small model's cost).
+    """
     context = list(context)
     sizes = list(sizes)
     filler = (context * (max(sizes) // max(1, len(context)) + 1))[: max(sizes)]
@@ -233,10 +277,10 @@ def _time_batches(model, context: Sequence[int], sizes, reps: int) -> dict[int, 
         for n in sizes:
             batch = context[-1:] + filler[: n - 1]
             t0 = time.perf_counter()
-            model.decode(batch, min(n, K_MAX + 1))
+            model.decode(batch, min(n, K_MAX + 1) if all_logits else 1)
             samples[n].append(time.perf_counter() - t0)
             model.truncate(base)
-    return {n: statistics.median(v) for n, v in samples.items()}
+    return samples
 
 
 def _time_choice(draft, context, sampling, n_vocab, reps: int = 9) -> float:
@@ -272,7 +316,7 @@ class BenchConfig:
     warmup: int = 1
     seed: int = 0
     k_max: int = 8  # the largest K that --k auto may choose
-    calibration_reps: int = 5
+    calibration_reps: int = 5  # before the sweep; one more before each later prompt block
 
     def __post_init__(self) -> None:
         if self.repeats < 1:
@@ -353,14 +397,14 @@ def run_bench(loaded, prompts: Sequence, prompt_tokens: Sequence[Sequence[int]],
     total = 1 + len(warm) + len(trials)
     tick = progress or (lambda t: None)
     load_before = _loadavg()
+    other_cpu = OtherCpu()
     t_start = time.perf_counter()
     rows: list[dict] = []
     interrupted = False
-    calib = None
+    sampler = CostSampler(loaded.target, loaded.draft, cfg.n_max, sampling, loaded.n_vocab)
     try:
         tick(Tick(0, total, "calibrating costs"))
-        calib = calibrate(loaded.target, loaded.draft, tokens_of[prompts[0].id], cfg.n_max,
-                          sampling, loaded.n_vocab, cfg.calibration_reps)
+        sampler.sample(tokens_of[prompts[0].id], cfg.calibration_reps)
         for i, t in enumerate(warm):
             tick(Tick(1 + i, total, f"warm-up · {t.variant.label}"))
             _run_one(loaded, tokens_of[t.prompt.id], t.variant, sampling, cfg,
@@ -369,6 +413,8 @@ def run_bench(loaded, prompts: Sequence, prompt_tokens: Sequence[Sequence[int]],
         for t in trials:
             tick(Tick(1 + len(warm) + t.seq, total,
                       f"{t.prompt.id} · {t.variant.label} · repeat {t.repeat + 1}/{cfg.repeats}"))
+            if t.variant.is_baseline and t.seq > 0:  # costs sampled across the sweep, too
+                sampler.sample(tokens_of[t.prompt.id], 1)
             done, trace = _run_one(loaded, tokens_of[t.prompt.id], t.variant, sampling, cfg,
                                    cfg.max_tokens, cfg.seed + t.repeat)
             if done.stop_reason == "interrupted":
@@ -382,9 +428,11 @@ def run_bench(loaded, prompts: Sequence, prompt_tokens: Sequence[Sequence[int]],
         interrupted = True
     info = dict(meta or {})
     info.update(elapsed_s=time.perf_counter() - t_start, cpus=os.cpu_count(), load_before=load_before,
-                load_after=_loadavg(), peak_rss_mib=peak_rss_mib(), interrupted=interrupted,
+                load_after=_loadavg(), other_cpu_share=other_cpu.share(),
+                peak_rss_mib=peak_rss_mib(), interrupted=interrupted,
                 max_tokens=cfg.max_tokens, repeats=cfg.repeats, warmup=cfg.warmup, seed=cfg.seed,
                 k_max_auto=cfg.k_max, ks=list(cfg.ks), drafters=list(cfg.drafters))
+    calib = sampler.result()
     summary = summarize(rows, variants, calib, info)
     return BenchResult(rows, summary, calib, interrupted)
 
@@ -718,6 +766,35 @@ def peak_rss_mib() -> float:
     """Peak resident memory of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+class OtherCpu:
+    """Share of the machine's CPU time used by other processes between start and stop.
+
+    From /proc/stat (all CPUs, busy jiffies) minus this process's own user + system time:
+    a direct measure of how much a concurrent job skewed the timings. None off Linux.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    @staticmethod
+    def _read():
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle, iowait
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return busy / os.sysconf("SC_CLK_TCK"), ru.ru_utime + ru.ru_stime, time.monotonic()
+
+    def share(self) -> float | None:
+        end = self._read()
+        if self.start is None or end is None or end[2] <= self.start[2]:
+            return None
+        other = (end[0] - self.start[0]) - (end[1] - self.start[1])
+        return max(0.0, other / ((end[2] - self.start[2]) * (os.cpu_count() or 1)))
 
 
 def _loadavg() -> list[float] | None:

@@ -124,7 +124,8 @@ def cost_model(summary: dict) -> Text:
     if not cal:
         return Text()
     tv = cal["t_verify"]
-    text = Text(f"Costs (calibrated before the sweep, median of {cal['reps']}):\n", style="bold")
+    text = Text(f"Costs (median of {cal['reps']} samples, taken before the sweep and before "
+                "each prompt block):\n", style="bold")
     text.append("  target t_v(n) ms  " + "  ".join(f"n={n} {1e3 * t:.1f}" for n, t in enumerate(tv, 1))
                 + "\n")
     text.append("  t_v(n)/t_v(1)     " + "  ".join(f"{t / tv[0]:.2f}" for t in tv) + "\n")
@@ -196,11 +197,13 @@ def footer(summary: dict) -> Text:
                 f"after {summary.get('load_after')}")
     if summary.get("interrupted"):
         text.append(" · INTERRUPTED: partial results", "yellow")
+    other = summary.get("other_cpu_share")
+    if other is not None:
+        text.append(f" · other processes used {100 * other:.0f}% of the CPUs")
     text.append("\n")
-    load, cpus = summary.get("load_before"), summary.get("cpus") or 1
-    if load and load[0] > 0.5 * cpus:
-        text.append(f"warning: the machine was busy before the sweep (load {load[0]:.1f} on {cpus} "
-                    "CPUs): timings are skewed\n", "yellow")
+    if other is not None and other > 0.1:
+        text.append(f"warning: other processes used {100 * other:.0f}% of the CPUs during the "
+                    "sweep: timings are skewed\n", "yellow")
     base = next((v for v in summary.get("variants", []) if v["k"] == 0 and v.get("runs")), None)
     if base and base["tokens_per_s"]["min"] > 0 and base["tokens_per_s"]["max"] > 1.5 * base["tokens_per_s"]["min"]:
         spread = base["tokens_per_s"]["max"] / base["tokens_per_s"]["min"]
