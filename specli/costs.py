@@ -323,7 +323,7 @@ class KPolicy:
         observe_round in between returns the same K.
         """
         k = self.greedy_k(alpha=alpha, draft_cost=draft_cost)
-        if k == 0 and self._since_spec >= self.probe_every:
+        if k == 0 and self._since_spec >= self.probe_every and not self.hopeless(draft_cost):
             return self.probe_k
         n_baseline = self.verify.count(1)
         # Measure t_v(1) early (the second round) and then now and then until it has a few
@@ -333,6 +333,17 @@ class KPolicy:
         if k > 0 and self._since_baseline >= gap and n_baseline < self.min_baseline_samples:
             return 0
         return k
+
+    def hopeless(self, draft_cost: float | None = None) -> bool:
+        """True when the measured costs rule speculation out even at alpha = 1.
+
+        Then a probe cannot find a better K, only waste time: a probe of the draft model
+        after a long K = 0 stretch first has to feed it every token the target made alone.
+        t_v is measured every round, so a change of hardware costs is still noticed; only
+        a measured draft cost counts (the prior alone never rules speculation out).
+        """
+        measured = self.fixed_draft_cost is not None or draft_cost is not None or self._draft.count > 0
+        return measured and self.greedy_k(alpha=1.0, draft_cost=draft_cost) == 0
 
     def keep_drafting(
         self, n_drafted: int, p_all_accepted: float, *, draft_cost: float | None = None

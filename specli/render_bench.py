@@ -205,8 +205,9 @@ def footer(summary: dict) -> Text:
         text.append(f"warning: other processes used {100 * other:.0f}% of the CPUs during the "
                     "sweep: timings are skewed\n", "yellow")
     base = next((v for v in summary.get("variants", []) if v["k"] == 0 and v.get("runs")), None)
-    if base and base["tokens_per_s"]["min"] > 0 and base["tokens_per_s"]["max"] > 1.5 * base["tokens_per_s"]["min"]:
-        spread = base["tokens_per_s"]["max"] / base["tokens_per_s"]["min"]
+    lo, hi = (base["tokens_per_s"]["min"], base["tokens_per_s"]["max"]) if base else (0, 0)
+    if lo > 0 and hi > 1.5 * lo:
+        spread = hi / lo
         text.append(f"warning: the baseline's tok/s varies {spread:.1f}x between runs: "
                     "a noisy machine (or very different prompts)\n", "yellow")
     mism = summary.get("greedy_mismatches") or []

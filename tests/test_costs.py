@@ -173,9 +173,21 @@ def test_cpu_curve_speculation_cannot_pay_so_k_is_zero():
     assert ks[100:].count(0) >= 90
 
 
-def test_cpu_probe_then_back_to_zero():
+def test_no_probes_when_even_perfect_acceptance_cannot_pay():
+    """The CPU curve with t_d = 0.55 t_v(1): no K pays even at alpha = 1, so once the draft
+    cost is measured, probing (and the draft catch-up it costs) stops."""
     policy = KPolicy(8, probe_every=16, probe_k=2)
-    ks = run_rounds(policy, 200, alpha=0.9, t_d=0.55 * T1, t_v=cpu_curve)
+    ks = run_rounds(policy, 300, alpha=0.9, t_d=0.55 * T1, t_v=cpu_curve)
+    assert policy.hopeless()
+    assert ks[100:].count(0) == 200
+
+
+def test_cpu_probe_then_back_to_zero():
+    """A cheaper draft (0.2 t_v(1)) with poor acceptance: K = 0 now, but alpha near 1 would
+    pay, so the policy re-probes now and then."""
+    policy = KPolicy(8, probe_every=16, probe_k=2)
+    ks = run_rounds(policy, 200, alpha=0.3, t_d=0.2 * T1, t_v=cpu_curve)
+    assert not policy.hopeless()
     late = ks[100:]
     probes = [i for i, k in enumerate(late) if k > 0]
     assert probes, "no re-probe while at K = 0"
