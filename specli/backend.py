@@ -52,17 +52,9 @@ def physical_cores() -> int:
 
 def check_gguf_file(path: Path) -> None:
     """Raise ModelError (one line, naming the file) unless `path` is a readable GGUF file."""
-    if not path.exists():
-        raise ModelError(f"model file not found: {path}")
-    if path.is_dir():
-        raise ModelError(f"model path is a directory, not a GGUF file: {path}")
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise ModelError(f"cannot read model file {path}: {e.strerror}") from None
-    if magic != b"GGUF":
-        raise ModelError(f"not a GGUF file: {path}")
+    from specli.registry import check_gguf  # one check for the whole project
+
+    check_gguf(Path(path))
 
 
 def _llama():
