@@ -7,7 +7,7 @@ temperature 0, the same threads per model and the same number of new tokens, it 
 
   native  llama-speculative-simple --spec-type draft-simple --spec-draft-n-max K
   specli  the engine at K (in-process: models loaded once; a fresh drafter per run)
-  native  llama-bench -p 0 -n N tg (the target alone; note: at context depth 0)
+  native  llama-bench -p 0 -n N -d P tg (the target alone, after P cached tokens: the prompt's)
   specli  K = 0 (the target alone, after the same prompt)
 
 Throughput on both sides excludes loading and the prompt: llama.cpp prints
@@ -18,7 +18,11 @@ new tokens / decode seconds (timed after the prefill). Runs are interleaved:
   for repeat r: for prompt p: native target, specli K=0, then for K: native K, specli K
 
 Ratios are medians of per-(prompt, repeat) ratios of runs made moments apart; tok/s
-columns are medians over all runs. Greedy text: native's generated text (from its
+columns are medians over all runs. specli empties both KV caches before each run, as each
+native run starts fresh (--reuse-cache keeps them: then text may vary between repeats,
+since the cache's cell layout changes the attention's summation order at near-ties).
+Each run records the CPU share other processes took meanwhile (from /proc/stat);
+--max-foreign 0.1 leaves out prompt×repeat groups where that exceeded 10%. Greedy text: native's generated text (from its
 stdout, after the echoed prompt) is compared with specli's over their common length
 (native may overshoot N by up to K tokens); mismatches are counted and shown.
 
@@ -29,7 +33,7 @@ n-gram and hybrid drafters (K from --ngram-k, default auto), against specli K = 
 Usage:
   python benchmarks/vs_llama_cpp.py --llama-bin "$(../shared/anchors/build-llama-cpp-tools)"
       [--target T.gguf --draft D.gguf] [--k 2,3,4] [--prompts code|FILE.jsonl] [--limit 2]
-      [--n 128] [--repeats 3] [--threads 2] [--json OUT.json] [--ngram]
+      [--n 128] [--repeats 3] [--threads 2] [--json OUT.json] [--ngram] [--max-foreign 0.1]
 Run it on a quiet machine (it prints the load average before and after).
 """
 
@@ -82,7 +86,7 @@ def parse_llama_bench(stdout: str) -> float | None:
     except json.JSONDecodeError:
         return None
     for entry in data if isinstance(data, list) else [data]:
-        if entry.get("n_gen", 0) > 0 and entry.get("n_prompt", 0) == 0:
+        if entry.get("n_gen", 0) > 0 and entry.get("n_prompt", 0) == 0:  # (n_depth may be > 0)
             return float(entry["avg_ts"])
     return None
 
@@ -429,9 +433,10 @@ def native_spec(s: Setup, prompt, prompt_text: str, n_prompt: int, spec_type: st
             "peak_rss_mib": rss, "text": text, "foreign_cpu": foreign}
 
 
-def native_bench(s: Setup) -> dict:
-    cmd = [s.tool("llama-bench"), "-m", str(s.target), "-p", "0", "-n", str(s.n), "-t",
-           str(s.threads), "-r", "1", "-o", "json"]
+def native_bench(s: Setup, depth: int = 0) -> dict:
+    """llama-bench tg: the target alone, N tokens after `depth` cached tokens (the prompt's)."""
+    cmd = [s.tool("llama-bench"), "-m", str(s.target), "-p", "0", "-n", str(s.n), "-d", str(depth),
+           "-t", str(s.threads), "-r", "1", "-o", "json"]
     _log_cmd(s, "native llama-bench", cmd)
     rc, out, err, rss, foreign = run_native(cmd, s.env)
     tps = parse_llama_bench(out)
@@ -523,7 +528,7 @@ def run_draft_comparison(s: Setup, sp: Specli, prompts, ks, repeats: int) -> lis
         for p, (tokens, text) in zip(prompts, rendered):
             tag = {"prompt": p.id, "repeat": r}
             _progress(f"repeat {r + 1}/{repeats} · {p.id} · target alone")
-            rows.append({**native_bench(s), **tag})
+            rows.append({**native_bench(s, len(tokens) - 1), **tag})
             base = {**sp.run(tokens, "model", 0), **tag}
             rows.append(base)
             for k in ks:
