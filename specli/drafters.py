@@ -40,8 +40,10 @@ class Drafter(Protocol):
 
     def next_source(self, committed: Sequence[int]) -> str: ...
 
+    def match_len(self, committed: Sequence[int]) -> int: ...
+
     def propose(self, committed: Sequence[int], k: int, rng: np.random.Generator,
-                keep_drafting: StopRule | None = None) -> Proposal: ...
+                keep_drafting: StopRule | None = None, source: str | None = None) -> Proposal: ...
 
     def rewind(self, committed: Sequence[int]) -> None: ...
 
@@ -64,7 +66,10 @@ class ModelDrafter:
     def next_source(self, committed: Sequence[int]) -> str:
         return "model"
 
-    def propose(self, committed, k, rng, keep_drafting=None) -> Proposal:
+    def match_len(self, committed: Sequence[int]) -> int:
+        return 0
+
+    def propose(self, committed, k, rng, keep_drafting=None, source=None) -> Proposal:
         t0 = time.perf_counter()
         prop = Proposal(source="model")
         # Catch up: usually just the pending token; after an all-accepted round also the
@@ -113,10 +118,10 @@ class NgramDrafter:
 
     name = "ngram"
 
-    def __init__(self, n_max: int = 4, n_min: int = 2) -> None:
+    def __init__(self, n_max: int = 4, n_min: int = 2, candidates: int = 8) -> None:
         from specli.ngram import NgramIndex
 
-        self.index = NgramIndex(n_max=n_max, n_min=n_min)
+        self.index = NgramIndex(n_max=n_max, n_min=n_min, candidates=candidates)
 
     def prefill(self, committed: Sequence[int]) -> None:
         """At the start of a generation: keep only the indexed prefix that still matches."""
@@ -138,13 +143,14 @@ class NgramDrafter:
         return "ngram"
 
     def match_len(self, committed: Sequence[int]) -> int:
+        """How far back the best earlier occurrence agrees with the end of `committed`."""
         self.sync(committed)
-        return self.index.propose_with_len(0)[1]
+        return self.index.lookup(0)[1]
 
-    def propose(self, committed, k, rng, keep_drafting=None) -> Proposal:
+    def propose(self, committed, k, rng, keep_drafting=None, source=None) -> Proposal:
         t0 = time.perf_counter()
         self.sync(committed)
-        tokens = self.index.propose(k)
+        tokens = self.index.lookup(k)[0]
         return Proposal(tokens, [Dist.point(x) for x in tokens], "ngram", time.perf_counter() - t0)
 
     def rewind(self, committed: Sequence[int]) -> None:
@@ -155,6 +161,7 @@ class HybridDrafter:
     """n-gram proposals when a long enough match exists, the draft model otherwise."""
 
     name = "auto"
+    fallback = "model"  # an n-gram round may go to the model instead (the policy decides)
 
     def __init__(self, model_drafter: ModelDrafter, ngram: NgramDrafter, min_match: int = 3) -> None:
         self.model_drafter = model_drafter
@@ -168,8 +175,11 @@ class HybridDrafter:
     def next_source(self, committed: Sequence[int]) -> str:
         return "ngram" if self.ngram.match_len(committed) >= self.min_match else "model"
 
-    def propose(self, committed, k, rng, keep_drafting=None) -> Proposal:
-        if self.next_source(committed) == "ngram":
+    def match_len(self, committed: Sequence[int]) -> int:
+        return self.ngram.match_len(committed)
+
+    def propose(self, committed, k, rng, keep_drafting=None, source=None) -> Proposal:
+        if (source or self.next_source(committed)) == "ngram":
             prop = self.ngram.propose(committed, k, rng)
             if prop.tokens:
                 return prop

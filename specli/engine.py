@@ -123,6 +123,9 @@ class FixedK:
     def __init__(self, k: int) -> None:
         self.k = k
 
+    def plan(self, source: str, match_len: int = 0, fallback: str | None = None) -> tuple[str, int]:
+        return source, self.k
+
     def choose_k(self, source: str = "model") -> int:
         return self.k
 
@@ -229,10 +232,16 @@ class _Run:
 
     def _round(self, room: int) -> tuple[Round, StopReason | None]:
         left = self.spec.max_tokens - len(self.out)
-        source = self.drafter.next_source(self.committed) if self.drafter is not None else "none"
-        # Never draft past max_tokens (the target adds one token of its own) or the context.
-        k = max(0, min(self.policy.choose_k(source), left - 1, room)) if self.drafter else 0
-        prop = (self.drafter.propose(self.committed, k, self.rng, self.policy.keep_drafting)
+        k, source = 0, "none"
+        if self.drafter is not None:
+            source = self.drafter.next_source(self.committed)
+            match_len = self.drafter.match_len(self.committed) if source == "ngram" else 0
+            fallback = getattr(self.drafter, "fallback", None)  # hybrid: "model"
+            source, k = self.policy.plan(source, match_len, fallback)
+            # Never draft past max_tokens (the target adds one token of its own) or the context.
+            k = max(0, min(k, left - 1, room))
+        prop = (self.drafter.propose(self.committed, k, self.rng, self.policy.keep_drafting,
+                                     source=source)
                 if k > 0 else Proposal())
         t0 = time.perf_counter()
         pending = self.committed[self.target.n_past :]

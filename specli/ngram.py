@@ -45,11 +45,19 @@ class NgramIndex:
     makes the current suffix (which has no continuation yet) never match itself.
     """
 
-    def __init__(self, n_max: int = 4, n_min: int = 1) -> None:
+    def __init__(self, n_max: int = 4, n_min: int = 1, *, candidates: int = 1,
+                 extend_cap: int = 64) -> None:
         if n_min < 1 or n_max < n_min:
             raise ValueError(f"need 1 <= n_min <= n_max, got n_min={n_min}, n_max={n_max}")
+        if candidates < 1 or extend_cap < 0:
+            raise ValueError(f"need candidates >= 1 and extend_cap >= 0, got {candidates}, {extend_cap}")
         self.n_min = n_min
         self.n_max = n_max
+        # Among the `candidates` most recent occurrences of the longest matching n-gram,
+        # prefer the one whose match runs furthest back (up to extend_cap more tokens):
+        # when the answer copies a passage, that is the copy's true source.
+        self.candidates = candidates
+        self.extend_cap = extend_cap
         self._tokens: list[int] = []
         # n-gram tuple -> continuation starts, oldest first. Tuples of different lengths
         # never compare equal, so one dict serves every n.
@@ -107,21 +115,53 @@ class NgramIndex:
         """
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
-        start, n = self._best_match()
+        start, n, _ = self._best_match()
         if n == 0:
             return [], 0
         return self._tokens[start : start + k], n
+
+    def lookup(self, k: int) -> tuple[list[int], int]:
+        """Draft up to k tokens and report the full length of the match behind them.
+
+        Like propose_with_len, but the length counts how far back the chosen occurrence
+        agrees with the current suffix (at least the n-gram length, at most
+        n_max + extend_cap). A long match is a far better predictor that the copy goes
+        on than the n-gram length alone. ([], 0) when nothing matches.
+        """
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        start, n, length = self._best_match()
+        if n == 0:
+            return [], 0
+        return self._tokens[start : start + k], length
 
     def propose(self, k: int) -> list[int]:
         """Draft up to k tokens by prompt lookup; [] when nothing matches or k == 0."""
         return self.propose_with_len(k)[0]
 
-    def _best_match(self) -> tuple[int, int]:
-        """(continuation start, match length) of the longest, most recent match; (0, 0) if none."""
+    def _best_match(self) -> tuple[int, int, int]:
+        """(continuation start, n-gram length, full match length) of the best match.
+
+        The longest n-gram wins; among its `candidates` most recent occurrences, the one
+        agreeing furthest back, ties to the most recent. (0, 0, 0) if nothing matches.
+        """
         t = self._tokens
         end = len(t)
         for n in range(min(self.n_max, end), self.n_min - 1, -1):
             stack = self._starts.get(tuple(t[end - n : end]))
             if stack:
-                return stack[-1], n
-        return 0, 0
+                best, best_len = stack[-1], self._extent(stack[-1], n)
+                for start in stack[-2 : -self.candidates - 1 : -1]:
+                    length = self._extent(start, n)
+                    if length > best_len:
+                        best, best_len = start, length
+                return best, n, best_len
+        return 0, 0, 0
+
+    def _extent(self, start: int, n: int) -> int:
+        """How many tokens before `start` agree with the tokens before the end (>= n)."""
+        t, end = self._tokens, len(self._tokens)
+        length, limit = n, min(start, n + self.extend_cap)
+        while length < limit and t[start - length - 1] == t[end - length - 1]:
+            length += 1
+        return length

@@ -312,3 +312,69 @@ def test_policy_greedy_k_matches_pure_best_k(alpha, t_d, k_max):
     for n in range(1, k_max + 2):
         policy.verify.observe(n, cpu_curve(n))
     assert policy.greedy_k(alpha=alpha) == best_k(alpha, k_max, t_d, cpu_curve)
+
+
+# --------------------------------------------------------------------------- n-gram drafts
+
+from specli.costs import AutoK, MatchAcceptance, NgramPolicy, match_prior  # noqa: E402
+
+
+def stepped_curve(n: int) -> float:
+    """A CPU-like curve with a step: a batch of 16 costs less than one of 15 (GEMM tiles)."""
+    return T1 * (1.0 + 0.45 * (n - 1)) if n != 16 else T1 * 6.0
+
+
+def test_match_prior_rises_with_length():
+    values = [match_prior(n) for n in (1, 2, 4, 8, 16, 64)]
+    assert values == sorted(values) and values[0] < 0.4 and values[-1] > 0.95
+
+
+def test_match_acceptance_learns_per_bucket_and_ignores_unjudged_drafts():
+    acc = MatchAcceptance(prior_weight=2.0, window=50)
+    for _ in range(200):
+        acc.observe(match_len=1, k=4, n_accepted=0)  # short matches: first draft wrong
+        acc.observe(match_len=40, k=4, n_accepted=4)  # long matches: every draft right
+    assert acc(1) < 0.05 and acc(40) > 0.95
+    assert acc(2) == pytest.approx(match_prior(2))  # never judged: drafts after a rejection
+    with pytest.raises(ValueError):
+        acc.observe(match_len=3, k=2, n_accepted=3)
+
+
+def test_ngram_policy_drafts_long_on_long_matches_and_not_on_short_ones():
+    verify = VerifyCost(32)
+    for n in range(1, 33):
+        verify.observe(n, stepped_curve(n))
+    policy = NgramPolicy(31, verify=verify)
+    assert policy.best(0) == (0, pytest.approx(1 / T1))
+    assert policy.choose_k(1) == 0  # a one-token match: prior acceptance 0.33, no K pays
+    k_long = policy.choose_k(64)
+    assert k_long == 15  # the step: verifying 16 costs less than 15, so K = 15 wins
+    for _ in range(100):  # the text turns out not to copy, even after long matches
+        policy.observe_round(64, 15, 0, stepped_curve(16))
+    assert policy.choose_k(64) == 0
+
+
+def test_ngram_policy_tries_an_unmeasured_size_once():
+    verify = VerifyCost(32)
+    for n in range(1, 16):
+        verify.observe(n, stepped_curve(n))
+    policy = NgramPolicy(31, verify=verify)
+    verify.observe(17, stepped_curve(17))  # 16 unmeasured: interpolated, priced optimistically
+    assert policy.choose_k(64) == 15
+    policy.observe_round(64, 15, 15, T1 * 20)  # it turns out expensive
+    assert policy.choose_k(64) != 15
+
+
+def test_autok_hybrid_picks_the_source_with_the_higher_rate():
+    auto = AutoK(8)
+    for n in range(1, 33):
+        for _ in range(3):
+            auto.verify.observe(n, gpu_curve(n) * (1 + 0.02 * n))
+    model = auto.policies["model"]
+    for _ in range(50):  # a cheap, accurate draft model (GPU-like)
+        model.observe_round(4, 4, 4 * 0.05 * T1, gpu_curve(5))
+    assert auto.plan("ngram", match_len=2, fallback="model")[0] == "model"  # weak match
+    assert auto.plan("ngram", match_len=2)[0] == "ngram"  # no fallback: n-gram it is
+    source, k = auto.plan("ngram", match_len=64, fallback="model")
+    assert source == "ngram" and k > 8  # a long copy beats the model
+    assert auto.plan("model") == ("model", model.choose_k())

@@ -235,3 +235,50 @@ def test_truncate_by_one_cost_independent_of_context_length():
 def test_propose_lookups_bounded_by_number_of_lengths():
     counts = [ops_for(lambda index: index.propose(8), size) for size in (10, 1_000, 20_000)]
     assert all(c <= 4 for c in counts)
+
+
+# --- choosing among occurrences: the copy's true source ---------------------------------
+
+
+def test_lookup_prefers_the_occurrence_that_agrees_furthest_back():
+    # Suffix "7 8": occurs after "1 2 3" (agrees 4 back with the tail "... 2 3 7 8") and,
+    # more recently, after "9 9". The most-recent rule picks 50; the furthest-back rule 40.
+    seq = [1, 2, 3, 7, 8, 40, 41, 9, 9, 7, 8, 50, 51, 1, 2, 3, 7, 8]
+    old = build(seq, n_max=2)
+    assert old.propose_with_len(2) == ([50, 51], 2)
+    index = NgramIndex(n_max=2, n_min=1, candidates=8)
+    index.extend(seq)
+    assert index.lookup(2) == ([40, 41], 5)  # 1 2 3 7 8 agree; the token before differs
+    assert index.propose_with_len(2) == ([40, 41], 2)  # same choice; n-gram length reported
+
+
+def test_lookup_length_is_capped_and_ties_go_to_most_recent():
+    seq = [5] * 30
+    index = NgramIndex(n_max=3, n_min=1, candidates=4, extend_cap=10)
+    index.extend(seq)
+    tokens, length = index.lookup(3)
+    assert length == 3 + 10 and tokens == [5]  # the most recent occurrence, capped extension
+    assert NgramIndex(candidates=3).lookup(4) == ([], 0)
+    with pytest.raises(ValueError):
+        NgramIndex(candidates=0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=60), st.integers(1, 6))
+def test_lookup_matches_brute_force(tokens, candidates):
+    index = NgramIndex(n_max=3, n_min=1, candidates=candidates, extend_cap=20)
+    index.extend(tokens)
+    t, end = list(tokens), len(tokens)
+    expected = ([], 0)
+    for n in range(min(3, end), 0, -1):
+        starts = [j for j in range(end - 1, n - 1, -1) if t[j - n : j] == t[end - n :]]
+        if starts:
+            def extent(j):
+                length = n
+                while length < min(j, n + 20) and t[j - length - 1] == t[end - length - 1]:
+                    length += 1
+                return length
+            best = max(starts[:candidates], key=lambda j: (extent(j), j))
+            expected = (t[best : best + 4], extent(best))
+            break
+    assert index.lookup(4) == expected
