@@ -153,3 +153,26 @@ def test_ctrl_c_keeps_output_and_prints_stats(real_pair):
     assert p.returncode == 130, err
     assert len(first + out) > 1
     assert "Traceback" not in err and "interrupted" in err and "tok/s" in err
+
+
+def test_draft_option_accepts_a_drafter_name(tiny_target, tmp_path):
+    """`--draft ngram` / `--draft auto` name a drafter (the issue's spelling), not a model."""
+    from specli.cli.common import split_draft_option
+
+    assert split_draft_option("auto", "model") == (None, "auto")
+    assert split_draft_option("NGRAM", "auto") == (None, "ngram")
+    assert split_draft_option("ngram,auto", "model") == (None, "ngram,auto")
+    assert split_draft_option("small.gguf", "auto") == ("small.gguf", "auto")
+    assert split_draft_option(None, "model") == (None, "model")
+    (tmp_path / "auto").write_bytes(b"")  # an existing file of that name stays a model path
+    assert split_draft_option(str(tmp_path / "auto"), "ngram") == (str(tmp_path / "auto"), "ngram")
+
+    args = ["--target", tiny_target, "--threads", "1", "--ctx", "512", "--json", "--temperature",
+            "0", "-n", "24", "--raw"]
+    r = specli("run", *args, "--draft", "ngram", "--k", "4", "a b c d a b c d a b c d a b")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["config"]["drafter"] == "ngram" and data["config"]["draft"] is None
+    assert {x["drafter"] for x in data["rounds"]} <= {"ngram", "none"}
+    base = specli("run", *args, "--k", "0", "a b c d a b c d a b c d a b")
+    assert json.loads(base.stdout)["tokens"] == data["tokens"]

@@ -14,7 +14,7 @@ import typer
 from specli.cli._app import (CtxOpt, DraftNglOpt, DraftOpt, DraftThreadsOpt, ForceOpt, MinPOpt,
                              NglOpt, PairOpt, SeedOpt, SystemOpt, TargetOpt, TempOpt, ThreadsOpt,
                              TopKOpt, TopPOpt, app)
-from specli.cli.common import consoles, open_generation
+from specli.cli.common import consoles, open_generation, split_draft_option
 from specli.errors import UsageError
 
 BENCH_HELP = """Measure tok/s for each K (and drafter) against the target alone, and recommend a K.
@@ -84,6 +84,7 @@ def bench_cmd(
     from specli import bench
     from specli.render_bench import print_report
 
+    draft, drafter = split_draft_option(draft, drafter)
     cfg = bench.BenchConfig(ks=tuple(bench.parse_k_list(k)), drafters=tuple(bench.parse_drafters(drafter)),
                             max_tokens=max_tokens, repeats=repeats, warmup=warmup, seed=seed)
     items = _load_prompts(suite, prompts, limit)

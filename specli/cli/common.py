@@ -108,6 +108,23 @@ class Generation:
                                     n_vocab=self.loaded.n_vocab)
 
 
+DRAFTER_NAMES = ("model", "ngram", "auto")
+
+
+def split_draft_option(draft: str | None, drafter: str) -> tuple[str | None, str]:
+    """`--draft auto|ngram|model` names a drafter, as `--drafter` does; other values are models.
+
+    A comma list of drafter names (`--draft ngram,auto`, for bench) counts too. A local
+    file of that name still wins, so no model path is ever shadowed.
+    """
+    if draft is None:
+        return None, drafter
+    names = [part.strip().lower() for part in draft.split(",")]
+    if all(name in DRAFTER_NAMES for name in names) and not Path(draft).exists():
+        return None, ",".join(names)
+    return draft, drafter
+
+
 @contextmanager
 def open_generation(err: Console, *, pair, target, draft, drafter, force, k, temperature, top_k,
                     top_p, min_p, seed, max_tokens, ctx, threads, draft_threads, n_gpu_layers,
@@ -115,6 +132,7 @@ def open_generation(err: Console, *, pair, target, draft, drafter, force, k, tem
     """Validate options, resolve and load the models, and close them afterwards."""
     from specli.session import load_models, resolve_paths
 
+    draft, drafter = split_draft_option(draft, drafter)
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     spec = SpecConfig(k=parse_k(k), max_tokens=max_tokens, seed=seed, drafter=drafter)
     runtime = RuntimeConfig(n_ctx=ctx, n_threads=threads, draft_n_threads=draft_threads,
