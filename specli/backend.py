@@ -136,6 +136,8 @@ class LlamaModel:
         mparams.n_gpu_layers = n_gpu_layers
         # While loading, drop the mapped pages already copied into repacked (or GPU) buffers,
         # so peak RSS is not file + copies; once more when loading is done.
+        # SPECLI_RELEASE_PAGES=after (only after loading) or off: escape hatches.
+        mode = os.environ.get("SPECLI_RELEASE_PAGES", "load").strip().lower()
         step = [0.0]
 
         def on_progress(progress: float, _user) -> bool:
@@ -147,10 +149,12 @@ class LlamaModel:
                 pass
             return True
 
-        progress_cb = lc.llama_progress_callback(on_progress)  # alive until the load returns
-        mparams.progress_callback = progress_cb
+        if mode == "load":
+            progress_cb = lc.llama_progress_callback(on_progress)  # alive until the load returns
+            mparams.progress_callback = progress_cb
         self._model = lc.llama_model_load_from_file(str(self.path).encode(), mparams)
-        release_file_pages(self.path)
+        if mode in ("load", "after"):
+            release_file_pages(self.path)
         if not self._model:
             raise ModelError(f"llama.cpp could not load {self.path} (corrupt or unsupported GGUF)")
         self._vocab = lc.llama_model_get_vocab(self._model)

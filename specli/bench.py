@@ -446,8 +446,13 @@ def _run_one(loaded, tokens, variant: Variant, sampling, cfg: BenchConfig, max_t
     drafter_name = "model" if variant.is_baseline else variant.drafter
     spec = SpecConfig(k=variant.k, max_tokens=max_tokens, seed=seed, drafter=drafter_name,
                       k_max=cfg.k_max)
-    # A fresh drafter per run: an n-gram index must not carry another prompt's tokens.
+    # A fresh drafter per run: an n-gram index must not carry another prompt's tokens. Empty
+    # KV caches too: every run then computes the prompt the same way (a reused prefix may
+    # sit in other cache cells, and batch numerics can then split a greedy near-tie).
     drafter = None if variant.is_baseline else make_drafter(loaded, drafter_name, sampling)
+    for model in (loaded.target, loaded.draft):
+        if model is not None:
+            model.truncate(0)
     trace = _Trace()
     done = None
     events = speculative_generate(loaded.target, drafter, tokens, sampling, spec,
