@@ -205,10 +205,24 @@ def test_bench_csv(sweep):
     assert float(lines[1]["tokens_per_s"]) > 0
 
 
-def test_bench_json_to_stdout(tiny_target, tiny_draft, prompts_file):
-    result = invoke(["bench", "--target", str(tiny_target), "--draft", str(tiny_draft),
-                     "--threads", "1", "--prompts", str(prompts_file), "--limit", "1", "--k", "1",
-                     "--warmup", "0", "--max-tokens", "8", "--json", "-"])
+def test_bare_json_means_stdout():
+    from specli.cli import normalize_argv
+
+    assert normalize_argv(["bench", "--json"]) == ["bench", "--json", "-"]
+    assert normalize_argv(["bench", "--json", "--k", "1"]) == ["bench", "--json", "-", "--k", "1"]
+    assert normalize_argv(["bench", "--json", "out.json"]) == ["bench", "--json", "out.json"]
+    assert normalize_argv(["bench", "--json", "-"]) == ["bench", "--json", "-"]
+    assert normalize_argv(["run", "--json", "hi"]) == ["run", "--json", "hi"]  # a flag in run
+
+
+@pytest.mark.parametrize("json_args", [["--json", "-"], ["--json"]])
+def test_bench_json_to_stdout(tiny_target, tiny_draft, prompts_file, json_args):
+    from specli.cli import normalize_argv
+
+    result = invoke(normalize_argv(
+        ["bench", "--target", str(tiny_target), "--draft", str(tiny_draft),
+         "--threads", "1", "--prompts", str(prompts_file), "--limit", "1", "--k", "1",
+         "--warmup", "0", "--max-tokens", "8", *json_args]))
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert [(r["prompt_id"], r["k"]) for r in data["results"]] == [("fox", 0), ("fox", 1)]

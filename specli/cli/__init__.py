@@ -18,6 +18,24 @@ from specli.errors import SpecliError
 __all__ = ["app", "main"]
 
 
+def normalize_argv(args: list[str]) -> list[str]:
+    """`specli bench ... --json` with no FILE means stdout: supply the '-' Typer needs.
+
+    `--json` takes an optional value in bench (FILE, or nothing for stdout), which Typer
+    cannot declare; a bare `--json` (last, or followed by another option) gets '-'.
+    """
+    if not args or args[0] != "bench":
+        return args
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--json":
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if nxt is None or (nxt.startswith("-") and nxt != "-"):
+                out.append("-")
+    return out
+
+
 def main() -> None:
     """Console-script entry point: known errors become one line on stderr and an exit code.
 
@@ -25,7 +43,7 @@ def main() -> None:
     commands handle Ctrl-C during generation themselves, to keep the partial output.
     """
     try:
-        app()
+        app(args=normalize_argv(sys.argv[1:]), prog_name="specli")
     except SpecliError as e:
         print(f"specli: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

@@ -75,7 +75,8 @@ def bench_cmd(
     n_gpu_layers: NglOpt = 0,
     draft_n_gpu_layers: DraftNglOpt = None,
     json_file: Annotated[Optional[str], typer.Option(
-        "--json", help="Write {results, summary} as JSON to FILE ('-': stdout).",
+        "--json", metavar="[FILE]",
+        help="Write {results, summary} as JSON to FILE; bare --json (or '-') prints it to stdout.",
         rich_help_panel="Output")] = None,
     csv_file: Annotated[Optional[Path], typer.Option(
         "--csv", help="Write one CSV line per run to FILE.", rich_help_panel="Output")] = None,
