@@ -77,8 +77,13 @@ def main(argv=None) -> None:
     ap.add_argument("--suites", default="code,edit,chat,summarize")
     ap.add_argument("--temperatures", default="0,0.7")
     ap.add_argument("--k", default="0,1,2,3,4,6,8,auto")
-    args, extra = ap.parse_known_args(argv)
-    extra = [a for a in extra if a != "--"]
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:  # everything after "--" goes to specli bench as is
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    args, unknown = ap.parse_known_args(argv)
+    extra = unknown + extra
     files = list(args.files)
     if args.run:
         files += run_all(args.run, args.suites.split(","), args.temperatures.split(","), args.k, extra)
