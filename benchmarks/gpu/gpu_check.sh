@@ -219,9 +219,9 @@ print(sorted(os.listdir(os.path.join(os.path.dirname(llama_cpp.__file__), 'lib')
 
 stage "diagnose loading (benchmarks/gpu/diag.py): which variant crashes?"
 timeout 90 $PY benchmarks/gpu/diag.py | tee "$WORK/diag.txt"
-if ! grep -q '^load   ngl=-1  rc=0' "$WORK/diag.txt"; then
+if ! grep -q '^numpy-first load   ngl=-1  rc=0' "$WORK/diag.txt"; then
     for mode in after off; do
-        if grep -q "^$mode *ngl=-1  rc=0" "$WORK/diag.txt"; then
+        if grep -q "^numpy-first $mode *ngl=-1  rc=0" "$WORK/diag.txt"; then
             export SPECLI_RELEASE_PAGES=$mode; echo "using SPECLI_RELEASE_PAGES=$mode"; break
         fi
     done
