@@ -505,11 +505,12 @@ class NgramPolicy:
     rate(K) = E(K) / t_v(K + 1) (drafting is free). A batch size never measured is
     priced at `optimism` times its interpolated cost, so a size that might pay gets tried
     once and from then on is priced at what it measured: on CPUs t_v(n) has steps (here a
-    batch of 16 cost less than one of 15) that no smooth prior predicts.
+    batch of 16 cost less than one of 15) that no smooth prior predicts. K > 0 is chosen
+    only when it predicts `margin` more than the target alone.
     """
 
     def __init__(self, k_max: int = 31, *, verify: VerifyCost | None = None,
-                 optimism: float = 0.8, min_baseline_samples: int = 3,
+                 optimism: float = 0.8, margin: float = 0.05, min_baseline_samples: int = 3,
                  probe_every: int = 16) -> None:
         if k_max < 1:
             raise ValueError(f"k_max must be >= 1, got {k_max}")
@@ -521,6 +522,7 @@ class NgramPolicy:
         self.verify = verify if verify is not None else VerifyCost(k_max + 1)
         self.acceptance = MatchAcceptance()
         self.optimism = optimism
+        self.margin = margin  # draft only when predicted >= (1 + margin) x the target alone
         self.min_baseline_samples = min_baseline_samples
         self.probe_every = probe_every
         self._since_baseline = 0
@@ -547,6 +549,8 @@ class NgramPolicy:
             return 0, 1.0 / self.verify(1)
         rates = self.rates(match_len)
         k = max(range(len(rates)), key=lambda j: (rates[j], -j))
+        if rates[k] < rates[0] * (1.0 + self.margin):
+            return 0, rates[0]  # a near break-even gamble loses to noise as often as it wins
         return k, rates[k]
 
     def choose_k(self, match_len: int) -> int:

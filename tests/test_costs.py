@@ -378,3 +378,16 @@ def test_autok_hybrid_picks_the_source_with_the_higher_rate():
     source, k = auto.plan("ngram", match_len=64, fallback="model")
     assert source == "ngram" and k > 8  # a long copy beats the model
     assert auto.plan("model") == ("model", model.choose_k())
+
+
+def test_ngram_policy_skips_near_break_even_drafts():
+    verify = VerifyCost(32)
+    for n in range(1, 33):
+        verify.observe(n, cpu_curve(n))
+    policy = NgramPolicy(31, verify=verify)
+    rates = policy.rates(8)
+    gain = max(rates) / rates[0]
+    assert 1.05 < gain < 1.2  # a modest predicted gain at a match of 8 on a steep CPU curve
+    assert policy.choose_k(8) > 0
+    policy.margin = gain - 1.0 + 0.01  # demand a little more than that gain
+    assert policy.choose_k(8) == 0
