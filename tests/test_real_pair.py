@@ -62,6 +62,35 @@ def test_greedy_speculation_equals_target_alone(pair, prompt, record_property):
     assert gap < NEAR_TIE, f"split at {i} is not a near-tie (gap {gap:.3f})"
 
 
+COPY_PROMPT = (
+    "Rename the parameter `valeus` to `values` and return the whole code.\n\n```python\n"
+    "def total(valeus):\n    s = 0\n    for v in valeus:\n        s += v\n    return s\n\n\n"
+    "def mean(valeus):\n    if not valeus:\n        return 0.0\n    return total(valeus) / len(valeus)\n```"
+)
+
+
+@pytest.mark.parametrize("drafter_name", ["ngram", "auto"])
+def test_greedy_ngram_and_hybrid_auto_equal_target_alone(pair, drafter_name, record_property):
+    """Prompt lookup and the hybrid, with --k auto, on a copy-heavy edit: K = 0's tokens."""
+    from specli.session import Loaded, make_drafter, make_policy
+
+    target, draft = pair
+    tokens, _ = build_prompt(target, COPY_PROMPT)
+    base = run(target, draft, tokens, 0, n=72)
+    loaded = Loaded(target, draft, min(target.n_vocab, draft.n_vocab))
+    drafter = make_drafter(loaded, drafter_name, GREEDY)
+    spec = SpecConfig(k="auto", max_tokens=72, drafter=drafter_name)
+    *_, done = speculative_generate(target, drafter, tokens, GREEDY, spec,
+                                    policy=make_policy(spec, drafter), n_vocab=loaded.n_vocab)
+    assert done.stats.drafted > 0  # the copy was drafted, not just decoded by the target
+    if done.tokens == base.tokens:
+        return
+    i = next(j for j, (a, b) in enumerate(zip(done.tokens, base.tokens)) if a != b)
+    gap = top2_gap(target, tokens + list(base.tokens[:i]))
+    record_property("split", f"position {i}, top-2 logit gap {gap:.4f}")
+    assert gap < NEAR_TIE, f"split at {i} is not a near-tie (gap {gap:.3f})"
+
+
 def test_acceptance_on_code_prompt_is_high(pair):
     target, draft = pair
     tokens, _ = build_prompt(target, "Write a Python function that returns the n-th Fibonacci number.")
