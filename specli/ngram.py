@@ -62,6 +62,10 @@ class NgramIndex:
         # n-gram tuple -> continuation starts, oldest first. Tuples of different lengths
         # never compare equal, so one dict serves every n.
         self._starts: dict[tuple[int, ...], list[int]] = {}
+        # The best match depends only on the sequence: cached until it changes (a round asks
+        # for it up to three times: which drafter, how long a match, which tokens).
+        self._version = 0
+        self._match: tuple[int, tuple[int, int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self._tokens)
@@ -84,6 +88,7 @@ class NgramIndex:
             self._tokens.append(int(tok))  # plain ints: numpy scalars would leak into drafts
             for key in self._keys_before(p):
                 self._starts.setdefault(key, []).append(p)
+            self._version += 1
 
     def truncate(self, n: int) -> None:
         """Roll back to the first n tokens, exactly as if the rest had never been appended.
@@ -96,6 +101,8 @@ class NgramIndex:
         for p in range(len(self._tokens) - 1, n - 1, -1):
             for key in self._keys_before(p):
                 self._pop(key, p)
+        if n < len(self._tokens):
+            self._version += 1
         del self._tokens[n:]
 
     def _pop(self, key: tuple[int, ...], p: int) -> None:
@@ -145,6 +152,11 @@ class NgramIndex:
         The longest n-gram wins; among its `candidates` most recent occurrences, the one
         agreeing furthest back, ties to the most recent. (0, 0, 0) if nothing matches.
         """
+        if self._match is None or self._match[0] != self._version:
+            self._match = (self._version, self._find_match())
+        return self._match[1]
+
+    def _find_match(self) -> tuple[int, int, int]:
         t = self._tokens
         end = len(t)
         for n in range(min(self.n_max, end), self.n_min - 1, -1):
