@@ -611,9 +611,6 @@ class AutoK:
         self._source = "model"
         return "model", self.policies["model"].choose_k()
 
-    def choose_k(self, source: str = "model", match_len: int = 0) -> int:
-        return self.plan(source, match_len)[1]
-
     def keep_drafting(self, n_drafted: int, q_token_prob: float) -> bool:
         policy = self.policies["model"]
         self._p_all *= policy.token_accept_prob(q_token_prob)

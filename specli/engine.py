@@ -126,9 +126,6 @@ class FixedK:
     def plan(self, source: str, match_len: int = 0, fallback: str | None = None) -> tuple[str, int]:
         return source, self.k
 
-    def choose_k(self, source: str = "model") -> int:
-        return self.k
-
     def observe_round(self, **_) -> None:
         pass
 

@@ -113,34 +113,33 @@ class NgramIndex:
             del self._starts[key]  # keep the dict the same as a fresh build's
 
     def propose_with_len(self, k: int) -> tuple[list[int], int]:
-        """Draft up to k tokens and report the length of the suffix match behind them.
+        """Draft up to k tokens and report the n-gram length of the match behind them.
 
-        Takes the longest suffix (n_max down to n_min) that occurred earlier, uses its most
-        recent earlier occurrence, and returns the tokens that followed it (fewer than k if
-        the sequence ends first). Returns ([], 0) when no suffix matches. The match length
-        does not depend on k, so ``propose_with_len(0)`` is a cheap "is there a match?".
+        Takes the longest suffix (n_max down to n_min) that occurred earlier, picks one of
+        its earlier occurrences (the most recent; with candidates > 1, see _best_match),
+        and returns the tokens that followed it (fewer than k if the sequence ends first).
+        Returns ([], 0) when no suffix matches. The length does not depend on k, so
+        ``propose_with_len(0)`` is a cheap "is there a match?".
         """
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
-        start, n, _ = self._best_match()
-        if n == 0:
-            return [], 0
-        return self._tokens[start : start + k], n
+        tokens, n, _ = self._draft(k)
+        return tokens, n
 
     def lookup(self, k: int) -> tuple[list[int], int]:
-        """Draft up to k tokens and report the full length of the match behind them.
+        """Like propose_with_len, but report how far back the chosen occurrence agrees.
 
-        Like propose_with_len, but the length counts how far back the chosen occurrence
-        agrees with the current suffix (at least the n-gram length, at most
-        n_max + extend_cap). A long match is a far better predictor that the copy goes
-        on than the n-gram length alone. ([], 0) when nothing matches.
+        That length is at least the n-gram length and at most n_max + extend_cap: a long
+        match predicts that the copy goes on far better than the n-gram length alone.
         """
+        tokens, _, length = self._draft(k)
+        return tokens, length
+
+    def _draft(self, k: int) -> tuple[list[int], int, int]:
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
         start, n, length = self._best_match()
         if n == 0:
-            return [], 0
-        return self._tokens[start : start + k], length
+            return [], 0, 0
+        return self._tokens[start : start + k], n, length
 
     def propose(self, k: int) -> list[int]:
         """Draft up to k tokens by prompt lookup; [] when nothing matches or k == 0."""
