@@ -461,7 +461,10 @@ class MatchAcceptance:
     match is mostly wrong. Draft i of a round (0-based) whose lookup matched L tokens has
     L + i agreeing tokens behind it if drafts 0..i-1 were accepted, so its acceptance is
     estimated per bucket of L + i: a running mean over the last `window` judged tokens of
-    that bucket, starting from match_prior with `prior_weight` pseudo-observations.
+    that bucket, starting from match_prior with `prior_weight` pseudo-observations. The
+    estimates are kept non-decreasing in L (weighted isotonic regression over the
+    buckets): a few rejections in one long bucket (a copy that ends at an edit) must not
+    price long matches below short ones.
     """
 
     def __init__(self, prior_weight: float = 4.0, window: int = 64) -> None:
@@ -470,6 +473,7 @@ class MatchAcceptance:
         self.window = window
         self._value = [match_prior(e) for e in MATCH_EDGES] + [match_prior(2 * MATCH_EDGES[-1])]
         self._weight = [prior_weight] * len(self._value)
+        self._smooth: list[float] | None = None
         self.count = 0  # judged tokens seen
 
     @staticmethod
@@ -478,12 +482,15 @@ class MatchAcceptance:
 
     def __call__(self, length: int) -> float:
         """Estimated acceptance of a draft token with `length` agreeing tokens behind it."""
-        return self._value[self.bucket(length)]
+        if self._smooth is None:
+            self._smooth = _isotonic(self._value, self._weight)
+        return self._smooth[self.bucket(length)]
 
     def add(self, length: int, accepted: bool) -> None:
         b = self.bucket(length)
         self._weight[b] = min(self._weight[b] + 1.0, float(self.window))
         self._value[b] += (float(accepted) - self._value[b]) / self._weight[b]
+        self._smooth = None
         self.count += 1
 
     def observe(self, match_len: int, k: int, n_accepted: int) -> None:
@@ -496,6 +503,21 @@ class MatchAcceptance:
     def profile(self, match_len: int, k_max: int) -> list[float]:
         """Acceptance of drafts 0..k_max-1 of a round, each given all before it accepted."""
         return [self(match_len + i) for i in range(k_max)]
+
+
+def _isotonic(values: Sequence[float], weights: Sequence[float]) -> list[float]:
+    """The non-decreasing sequence closest to `values` in weighted least squares (PAV)."""
+    blocks: list[list[float]] = []  # [mean, weight, size]
+    for v, w in zip(values, weights):
+        blocks.append([v, w, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, w2, n2 = blocks.pop()
+            m1, w1, n1 = blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    out: list[float] = []
+    for mean, _, size in blocks:
+        out.extend([mean] * size)
+    return out
 
 
 class NgramPolicy:

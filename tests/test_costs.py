@@ -391,3 +391,15 @@ def test_ngram_policy_skips_near_break_even_drafts():
     assert policy.choose_k(8) > 0
     policy.margin = gain - 1.0 + 0.01  # demand a little more than that gain
     assert policy.choose_k(8) == 0
+
+
+def test_match_acceptance_stays_non_decreasing_in_match_length():
+    # A few rejections after long matches (a copy that ends at an edit) must not price a
+    # long match below a short one: that stopped drafting in the middle of long copies.
+    acc = MatchAcceptance()
+    for _ in range(6):
+        acc.observe(match_len=40, k=1, n_accepted=0)
+    values = [acc(n) for n in (1, 2, 4, 8, 16, 32, 40, 64, 100)]
+    assert values == sorted(values)
+    assert acc(40) < match_prior(40)  # the rejections still count
+    assert acc(1) == pytest.approx(match_prior(1))  # short matches were never judged
