@@ -175,6 +175,7 @@ class LlamaModel:
         self.n_ctx = lc.llama_n_ctx(self._ctx)
         self.n_batch = n_batch
         self.n_threads = threads
+        self.n_gpu_layers = n_gpu_layers
         self._mem = lc.llama_get_memory(self._ctx)
         self._batch = lc.llama_batch_init(n_batch, 0, 1)
         self._init_batch_views()

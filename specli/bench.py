@@ -147,7 +147,8 @@ def plan(prompts: Sequence, variants: Sequence[Variant], repeats: int) -> list[T
 # --------------------------------------------------------------------------- calibration
 
 
-DRAFT_CATCHUP_SIZES = (16, 32)  # the draft's catch-up after a stretch of K = 0 rounds
+DRAFT_CATCHUP_SIZES = (16, 32)
+NGRAM_CALIBRATION_REPS = 3  # t_v(n) for n beyond auto's model K, for n-gram drafts  # the draft's catch-up after a stretch of K = 0 rounds
 
 
 @dataclass(frozen=True)
@@ -218,10 +219,11 @@ class CostSampler:
         self.context_tokens = 0
         self.reps = 0
 
-    def sample(self, context: Sequence[int], reps: int = 1) -> None:
-        """`reps` more samples of every batch size, decoded after `context`."""
+    def sample(self, context: Sequence[int], reps: int = 1, n_limit: int | None = None) -> None:
+        """`reps` more samples of every batch size (up to n_limit), decoded after `context`."""
         self.context_tokens = self.context_tokens or len(context)
-        for n, ts in _time_batches(self.target, context, self.verify_sizes, reps).items():
+        sizes = [n for n in self.verify_sizes if n_limit is None or n <= n_limit]
+        for n, ts in _time_batches(self.target, context, sizes, reps).items():
             self.t_verify[n] += ts
         if self.draft is not None:
             for n, ts in _time_batches(self.draft, context, self.draft_sizes, reps,
@@ -231,11 +233,16 @@ class CostSampler:
                 self.t_choice = _time_choice(self.draft, context, self.sampling, self.n_vocab)
         self.reps += reps
 
+    def sample_range(self, context: Sequence[int], lo: int, hi: int, reps: int) -> None:
+        """`reps` samples of the target's batch sizes lo..hi only."""
+        for n, ts in _time_batches(self.target, context, range(lo, hi + 1), reps).items():
+            self.t_verify[n] += ts
+
     def result(self) -> Calibration | None:
         if not self.reps:
             return None
         med = statistics.median
-        t_verify = tuple(med(self.t_verify[n]) for n in self.verify_sizes)
+        t_verify = tuple(med(self.t_verify[n]) for n in self.verify_sizes if self.t_verify[n])
         if self.draft is None:
             return Calibration(t_verify, None, self.reps, self.context_tokens)
         t_db = {n: med(v) for n, v in self.t_draft_batch.items()}
@@ -328,10 +335,22 @@ class BenchConfig:
 
     @property
     def n_max(self) -> int:
-        """Largest verify batch any variant can use: max K + 1."""
+        """Largest verify batch any variant can use: max K + 1 (n-gram auto: up to 32)."""
+        return max(self.n_core, self.n_ngram)
+
+    @property
+    def n_core(self) -> int:
+        """Largest verify batch of the fixed Ks and of auto's model drafts."""
         ints = [k for k in self.ks if k != "auto"]
-        top = max(ints + ([self.k_max] if "auto" in self.ks else []))
-        return top + 1
+        return max(ints + ([self.k_max] if "auto" in self.ks else [])) + 1
+
+    @property
+    def n_ngram(self) -> int:
+        """Largest verify batch of auto's n-gram drafts (1 when no variant has them)."""
+        from specli.costs import NGRAM_K_MAX
+
+        ngram = "auto" in self.ks and any(d in ("ngram", "auto") for d in self.drafters)
+        return NGRAM_K_MAX + 1 if ngram else 1
 
 
 @dataclass(frozen=True)
@@ -404,19 +423,22 @@ def run_bench(loaded, prompts: Sequence, prompt_tokens: Sequence[Sequence[int]],
     sampler = CostSampler(loaded.target, loaded.draft, cfg.n_max, sampling, loaded.n_vocab)
     try:
         tick(Tick(0, total, "calibrating costs"))
-        sampler.sample(tokens_of[prompts[0].id], cfg.calibration_reps)
+        first = tokens_of[prompts[0].id]
+        sampler.sample(first, cfg.calibration_reps, n_limit=cfg.n_core)
+        if cfg.n_ngram > cfg.n_core:  # n-gram auto's long batches: fewer samples (~10 s each)
+            sampler.sample_range(first, cfg.n_core + 1, cfg.n_ngram, NGRAM_CALIBRATION_REPS)
         for i, t in enumerate(warm):
             tick(Tick(1 + i, total, f"warm-up · {t.variant.label}"))
             _run_one(loaded, tokens_of[t.prompt.id], t.variant, sampling, cfg,
-                     min(cfg.max_tokens, WARMUP_MAX_TOKENS), cfg.seed)
+                     min(cfg.max_tokens, WARMUP_MAX_TOKENS), cfg.seed, sampler.result())
         baselines: dict[tuple[str, int], tuple[float, tuple[int, ...]]] = {}
         for t in trials:
             tick(Tick(1 + len(warm) + t.seq, total,
                       f"{t.prompt.id} · {t.variant.label} · repeat {t.repeat + 1}/{cfg.repeats}"))
             if t.variant.is_baseline and t.seq > 0:  # costs sampled across the sweep, too
-                sampler.sample(tokens_of[t.prompt.id], 1)
+                sampler.sample(tokens_of[t.prompt.id], 1, n_limit=cfg.n_core)
             done, trace = _run_one(loaded, tokens_of[t.prompt.id], t.variant, sampling, cfg,
-                                   cfg.max_tokens, cfg.seed + t.repeat)
+                                   cfg.max_tokens, cfg.seed + t.repeat, sampler.result())
             if done.stop_reason == "interrupted":
                 raise KeyboardInterrupt
             if t.variant.is_baseline:
@@ -438,8 +460,12 @@ def run_bench(loaded, prompts: Sequence, prompt_tokens: Sequence[Sequence[int]],
 
 
 def _run_one(loaded, tokens, variant: Variant, sampling, cfg: BenchConfig, max_tokens: int,
-             seed: int):
-    """One generation with a fresh drafter and policy, exactly as `specli run` builds them."""
+             seed: int, calib: Calibration | None = None):
+    """One generation with a fresh drafter and policy, exactly as `specli run` builds them.
+
+    An auto policy starts from the costs calibrated in this sweep (as `run` starts from
+    the costs remembered on the machine), so every auto row prices K with measured costs.
+    """
     from specli.engine import Round, speculative_generate
     from specli.session import make_drafter, make_policy
 
@@ -455,8 +481,11 @@ def _run_one(loaded, tokens, variant: Variant, sampling, cfg: BenchConfig, max_t
             model.truncate(0)
     trace = _Trace()
     done = None
+    policy = make_policy(spec, drafter)
+    if calib is not None and hasattr(policy, "seed"):
+        policy.seed(dict(enumerate(calib.t_verify, start=1)), calib.t_draft)
     events = speculative_generate(loaded.target, drafter, tokens, sampling, spec,
-                                  policy=make_policy(spec, drafter), n_vocab=loaded.n_vocab)
+                                  policy=policy, n_vocab=loaded.n_vocab)
     try:
         for ev in events:
             if isinstance(ev, Round):

@@ -457,6 +457,8 @@ class ChatSession:
                                       policy=policy, n_vocab=self.gen.loaded.n_vocab)
         done = self._stream(events, spec)
         self.out.file.flush()
+        if policy is not None:
+            self.gen.remember(policy)  # --k auto: what this reply measured, for the next run
         if done is None or done.stop_reason == "interrupted":
             for model in (self.target, draft_model):
                 _drop_uncounted_cells(model)
@@ -483,12 +485,12 @@ class ChatSession:
         """
         if spec.k == 0:
             return None, None
-        from specli.session import make_drafter, make_policy
+        from specli.session import make_drafter
 
         drafter = make_drafter(self.gen.loaded, self.gen.drafter_name, sampling)
         key = (spec.k, spec.k_max, self.gen.drafter_name, sampling)
         if key not in self._policies:
-            self._policies[key] = make_policy(spec, drafter)
+            self._policies[key] = self.gen.policy(spec, drafter)  # --k auto: remembered costs
         return drafter, self._policies[key]
 
     def _stream(self, events, spec):

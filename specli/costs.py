@@ -23,7 +23,7 @@ import bisect
 import math
 import statistics
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Union
 
@@ -98,6 +98,22 @@ class WindowedMedian:
             raise ValueError(f"sample must be finite and >= 0, got {x}")
         self._samples.append(x)
         self.count += 1
+
+    def seed(self, x: float) -> None:
+        """A sample remembered from earlier runs: in the window (new samples push it out),
+        not in `count`, which counts what this run measured."""
+        if not (x >= 0.0 and math.isfinite(x)):
+            raise ValueError(f"seed must be finite and >= 0, got {x}")
+        self._samples.append(x)
+        self.seeded = True
+
+    seeded = False
+
+    @property
+    def measured(self) -> float | None:
+        """The median of this run's own samples in the window; None if it has none."""
+        own = list(self._samples)[-min(self.count, len(self._samples)):] if self.count else []
+        return statistics.median(own) if own else None
 
     @property
     def value(self) -> float:
@@ -182,8 +198,23 @@ class VerifyCost:
         self._table = None
 
     def count(self, n: int) -> int:
-        """How many calls of batch size n have been observed."""
+        """How many calls of batch size n have been observed (seeds not counted)."""
         return self._by_n[n - 1].count
+
+    def seed(self, n: int, seconds: float) -> None:
+        """t_v(n) remembered from earlier runs on this machine (see costcache)."""
+        if 1 <= n <= self.n_max:
+            self._by_n[n - 1].seed(seconds)
+            self._table = None
+
+    def measured(self) -> dict[int, float]:
+        """{n: median seconds} of the batch sizes this run observed itself."""
+        out = {}
+        for n, est in enumerate(self._by_n, start=1):
+            m = est.measured
+            if m is not None:
+                out[n] = m
+        return out
 
     def __call__(self, n: int) -> float:
         if not 1 <= n <= self.n_max:
@@ -197,7 +228,8 @@ class VerifyCost:
         return list(self._table)
 
     def _estimate(self) -> list[float]:
-        measured = {n: est.value for n, est in enumerate(self._by_n, start=1) if est.count}
+        measured = {n: est.value for n, est in enumerate(self._by_n, start=1)
+                    if est.count or est.seeded}
         a, b = self._line(measured)
         floor = 1e-9  # a cost of zero would make the rate infinite
         sizes = sorted(measured)
@@ -216,7 +248,9 @@ class VerifyCost:
         return [max(floor, x) for x in out]
 
     def is_measured(self, n: int) -> bool:
-        return self._by_n[n - 1].count > 0
+        """Measured in this run or remembered from an earlier one."""
+        est = self._by_n[n - 1]
+        return est.count > 0 or est.seeded
 
     def _line(self, measured: dict[int, float]) -> tuple[float, float]:
         """Intercept and slope of the curve used for unmeasured sizes."""
@@ -305,7 +339,7 @@ class KPolicy:
         """Seconds per draft token: fixed if given, else measured, else a prior ratio of t_v(1)."""
         if self.fixed_draft_cost is not None:
             return self.fixed_draft_cost
-        if self._draft.count:
+        if self._draft.count or self._draft.seeded:
             return self._draft.value
         return self.prior_draft_ratio * self.verify(1)
 
@@ -363,7 +397,8 @@ class KPolicy:
         t_v is measured every round, so a change of hardware costs is still noticed; only
         a measured draft cost counts (the prior alone never rules speculation out).
         """
-        measured = self.fixed_draft_cost is not None or draft_cost is not None or self._draft.count > 0
+        measured = (self.fixed_draft_cost is not None or draft_cost is not None
+                    or self._draft.count > 0 or self._draft.seeded)
         return measured and self.greedy_k(alpha=1.0, draft_cost=draft_cost) == 0
 
     def keep_drafting(
@@ -424,6 +459,15 @@ class KPolicy:
         if self.fixed_draft_cost is None:
             self._draft.add(draft_seconds / k)
 
+    def seed_draft(self, seconds_per_token: float) -> None:
+        """t_d remembered from earlier runs on this machine (see costcache)."""
+        self._draft.seed(seconds_per_token)
+
+    @property
+    def measured_draft(self) -> float | None:
+        """This run's own median draft cost per token; None if it drafted nothing."""
+        return self._draft.measured
+
     def snapshot(self) -> CostSnapshot:
         k = self.greedy_k()
         t_v = self.verify.table()
@@ -438,6 +482,9 @@ class KPolicy:
 
 # --------------------------------------------------------------------------- n-gram drafts
 
+
+NGRAM_K_MAX = 31
+"""The longest n-gram draft --k auto considers (a verify batch of 32)."""
 
 MATCH_EDGES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 """Buckets of match length: bucket i holds lengths in (MATCH_EDGES[i-1], MATCH_EDGES[i]]."""
@@ -531,7 +578,7 @@ class NgramPolicy:
     only when it predicts `margin` more than the target alone.
     """
 
-    def __init__(self, k_max: int = 31, *, verify: VerifyCost | None = None,
+    def __init__(self, k_max: int = NGRAM_K_MAX, *, verify: VerifyCost | None = None,
                  optimism: float = 0.8, margin: float = 0.05, min_baseline_samples: int = 3,
                  probe_every: int = 16) -> None:
         if k_max < 1:
@@ -603,7 +650,7 @@ class AutoK:
     displace a good draft model, and both may settle at K = 0 where nothing pays.
     """
 
-    def __init__(self, k_max: int, ngram_k_max: int = 31, **kwargs) -> None:
+    def __init__(self, k_max: int, ngram_k_max: int = NGRAM_K_MAX, **kwargs) -> None:
         self.verify = VerifyCost(max(k_max, ngram_k_max) + 1)
         self.policies = {"model": KPolicy(k_max, verify=self.verify, **kwargs)}
         self.ngram = NgramPolicy(ngram_k_max, verify=self.verify)
@@ -632,6 +679,22 @@ class AutoK:
             return "ngram", self.ngram.choose_k(match_len)
         self._source = "model"
         return "model", self.policies["model"].choose_k()
+
+    def seed(self, t_verify: Mapping[int, float], t_draft: float | None = None) -> None:
+        """Start from costs measured on this machine before: {n: t_v(n)} and t_d.
+
+        Each acts as one earlier sample, so this run's own measurements soon outweigh it.
+        Without seeds every batch size must be tried before it can be priced, and those
+        trials cost more than a short generation gains.
+        """
+        for n, seconds in t_verify.items():
+            self.verify.seed(int(n), seconds)
+        if t_draft is not None:
+            self.policies["model"].seed_draft(t_draft)
+
+    def measured(self) -> tuple[dict[int, float], float | None]:
+        """What this run measured itself: ({n: t_v(n)}, t_d or None), to remember."""
+        return self.verify.measured(), self.policies["model"].measured_draft
 
     def keep_drafting(self, n_drafted: int, q_token_prob: float) -> bool:
         policy = self.policies["model"]

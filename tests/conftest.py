@@ -31,13 +31,16 @@ REAL_TARGET = (
 
 @pytest.fixture(autouse=True)
 def isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the user config dir at a fresh tmp dir so no test reads or writes the real one.
+    """Point the user config dir and the cost cache at a fresh tmp dir so no test reads or
+    writes the real ones.
 
     The Hugging Face cache is left alone on purpose: the real-pair tests read it.
     """
     config_home = tmp_path_factory.mktemp("xdg-config")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
     monkeypatch.delenv("SPECLI_MODELS", raising=False)
+    # Remembered costs (specli.costcache) go to a fresh file per test, never ~/.cache.
+    monkeypatch.setenv("SPECLI_COST_CACHE", str(config_home / "costs.json"))
     return config_home
 
 

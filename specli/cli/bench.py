@@ -109,6 +109,11 @@ def bench_cmd(
         with _progress(err) as tick:
             result = bench.run_bench(gen.loaded, items, tokens, gen.sampling, cfg,
                                      progress=tick, meta=meta)
+        if result.calibration is not None:  # `run --k auto` starts from these costs
+            from specli.costcache import store_calibration
+
+            store_calibration(gen.costs, gen.loaded.target, gen.loaded.draft,
+                              result.calibration.t_verify, result.calibration.t_draft)
     if json_file is not None:
         _write_json(result.to_json(), json_file)
     if csv_file is not None:

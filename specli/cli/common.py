@@ -66,6 +66,33 @@ class Generation:
         self.drafter_name = drafter_name
         self.err = err
         self._drafters: dict = {}  # one per sampling config: q must be warped as p is
+        self._costs = None  # costcache.CostCache, opened on first use
+
+    @property
+    def costs(self):
+        """Costs remembered on this machine (see specli.costcache)."""
+        if self._costs is None:
+            from specli.costcache import CostCache
+
+            self._costs = CostCache.open()
+        return self._costs
+
+    def policy(self, spec: SpecConfig, drafter):
+        """The K policy for `spec`; --k auto starts from the costs remembered here."""
+        from specli.costcache import seed_policy
+        from specli.session import make_policy
+
+        policy = make_policy(spec, drafter)
+        if spec.k == "auto":
+            seed_policy(policy, self.costs, self.loaded.target, self.loaded.draft)
+        return policy
+
+    def remember(self, policy) -> None:
+        """Keep what a generation measured for the next one (no-op for a fixed K)."""
+        from specli.costcache import remember
+
+        if hasattr(policy, "measured"):
+            remember(policy, self.costs, self.loaded.target, self.loaded.draft)
 
     def title(self) -> str:
         d = self.paths.draft.name if self.paths.draft and self.loaded.draft else self.drafter_name
@@ -97,15 +124,24 @@ class Generation:
 
     def generate(self, tokens: list[int], *, spec: SpecConfig | None = None,
                  sampling: SamplingConfig | None = None):
+        """The engine's event stream; when it ends, --k auto's measured costs are kept."""
         from specli.engine import speculative_generate
-        from specli.session import make_policy
 
         spec = spec or self.spec
         sampling = sampling or self.sampling
         drafter = self.drafter(sampling) if spec.k != 0 else None
-        return speculative_generate(self.loaded.target, drafter, tokens, sampling,
-                                    spec, policy=make_policy(spec, drafter),
-                                    n_vocab=self.loaded.n_vocab)
+        policy = self.policy(spec, drafter)
+        events = speculative_generate(self.loaded.target, drafter, tokens, sampling,
+                                      spec, policy=policy, n_vocab=self.loaded.n_vocab)
+        return _remembering(events, lambda: self.remember(policy))
+
+
+def _remembering(events, on_done):
+    """Pass the events through (throw() too: Ctrl-C reaches the engine); then call on_done."""
+    try:
+        yield from events
+    finally:
+        on_done()
 
 
 DRAFTER_NAMES = ("model", "ngram", "auto")

@@ -1,0 +1,172 @@
+"""Costs measured on this machine, remembered between runs so `--k auto` starts informed.
+
+`--k auto` prices each draft length with the target's verify cost t_v(n) and the draft's
+cost per token t_d. Those depend on the machine, the model files and the thread count,
+not on the prompt, so a run need not rediscover them: without a remembered curve every
+batch size has to be tried once before it can be priced, and on a CPU, where t_v(n) has
+steps no smooth prior predicts, those trials cost more than a short answer gains.
+
+One JSON file, `$XDG_CACHE_HOME/specli/costs.json` (default `~/.cache/specli/costs.json`):
+
+    {"version": 1, "models": {KEY: {"t_verify": {"1": s, "2": s, ...}, "t_draft": s}}}
+
+KEY names the model file (name and size), the llama.cpp build, threads, GPU layers and
+batch size. `specli bench` stores its full calibration; `run` and `chat` blend in what
+each generation measured (an even mix with the old value, so one noisy run moves it
+half way). `SPECLI_COST_CACHE=off` disables it; `SPECLI_COST_CACHE=PATH` moves it.
+Reading or writing the file never fails a command: a missing, corrupt or unwritable
+file only means starting from the priors, as before.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+VERSION = 1
+OFF = {"off", "0", "no", "false", "none"}
+
+
+def default_path() -> Path | None:
+    """Where the cache lives, or None when SPECLI_COST_CACHE turns it off."""
+    env = os.environ.get("SPECLI_COST_CACHE")
+    if env is not None and env.strip():
+        return None if env.strip().lower() in OFF else Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "specli" / "costs.json"
+
+
+def model_key(model) -> str:
+    """What a model's costs depend on: its file, the llama.cpp build and the runtime settings."""
+    path = Path(model.path)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = -1
+    try:
+        import llama_cpp
+
+        build = getattr(llama_cpp, "__version__", "?")
+    except Exception:  # noqa: BLE001 - the key only needs to be stable
+        build = "?"
+    return (f"{path.name}|{size}|llama.cpp {build}|threads {getattr(model, 'n_threads', '?')}"
+            f"|gpu_layers {getattr(model, 'n_gpu_layers', 0)}|batch {getattr(model, 'n_batch', '?')}")
+
+
+def _valid(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+class CostCache:
+    """The cache file's contents; `save()` writes them back atomically."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._models: dict[str, dict] = {}
+        self.dirty = False
+        if path is not None:
+            self._models = self._read(path)
+
+    @classmethod
+    def open(cls) -> CostCache:
+        return cls(default_path())
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, dict]:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict) or data.get("version") != VERSION:
+            return {}
+        models = data.get("models")
+        if not isinstance(models, dict):
+            return {}
+        clean: dict[str, dict] = {}
+        for key, entry in models.items():  # keep only well-formed figures
+            if not isinstance(entry, dict):
+                continue
+            table = entry.get("t_verify")
+            table = {str(n): float(x) for n, x in table.items()
+                     if str(n).isdigit() and int(n) >= 1 and _valid(x)} if isinstance(table, dict) else {}
+            clean[str(key)] = {"t_verify": table}
+            if _valid(entry.get("t_draft")):
+                clean[str(key)]["t_draft"] = float(entry["t_draft"])
+        return clean
+
+    def t_verify(self, key: str) -> dict[int, float]:
+        """{n: seconds} remembered for this target (empty if none)."""
+        entry = self._models.get(key, {})
+        return {int(n): seconds for n, seconds in entry.get("t_verify", {}).items()}
+
+    def t_draft(self, key: str) -> float | None:
+        return self._models.get(key, {}).get("t_draft")
+
+    def update(self, key: str, t_verify: Mapping[int, float] | None = None,
+               t_draft: float | None = None, *, replace: bool = False) -> None:
+        """Blend new measurements in (even mix with the old value), or replace them."""
+        entry = self._models.setdefault(key, {})
+        table = entry.setdefault("t_verify", {})
+        for n, seconds in (t_verify or {}).items():
+            if _valid(seconds):
+                old = table.get(str(n))
+                table[str(n)] = seconds if replace or not _valid(old) else (old + seconds) / 2
+                self.dirty = True
+        if t_draft is not None and _valid(t_draft):
+            old = entry.get("t_draft")
+            entry["t_draft"] = t_draft if replace or not _valid(old) else (old + t_draft) / 2
+            self.dirty = True
+
+    def save(self) -> None:
+        """Write the file if anything changed; errors are swallowed (the cache is optional)."""
+        if self.path is None or not self.dirty:
+            return
+        tmp = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            on_disk = self._read(self.path)  # another process may have written meanwhile
+            on_disk.update(self._models)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".costs.", suffix=".json")
+            with os.fdopen(fd, "w") as f:
+                json.dump({"version": VERSION, "models": on_disk}, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+            self.dirty = False
+        except OSError:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+
+def seed_policy(policy, cache: CostCache | None, target, draft) -> None:
+    """Give an AutoK policy the costs remembered for these models (no-op otherwise)."""
+    if cache is None or not hasattr(policy, "seed"):
+        return
+    t_draft = cache.t_draft(model_key(draft)) if draft is not None else None
+    policy.seed(cache.t_verify(model_key(target)), t_draft)
+
+
+def remember(policy, cache: CostCache | None, target, draft) -> None:
+    """Blend what an AutoK policy measured into the cache and save it (no-op otherwise)."""
+    if cache is None or not hasattr(policy, "measured"):
+        return
+    t_verify, t_draft = policy.measured()
+    cache.update(model_key(target), t_verify)
+    if draft is not None and t_draft is not None:
+        cache.update(model_key(draft), t_draft=t_draft)
+    cache.save()
+
+
+def store_calibration(cache: CostCache | None, target, draft, t_verify, t_draft) -> None:
+    """Replace the remembered costs with a bench calibration (t_verify[n - 1] = t_v(n))."""
+    if cache is None:
+        return
+    cache.update(model_key(target), dict(enumerate(t_verify, start=1)), replace=True)
+    if draft is not None and t_draft is not None:
+        cache.update(model_key(draft), t_draft=t_draft, replace=True)
+    cache.save()
