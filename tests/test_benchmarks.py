@@ -154,7 +154,7 @@ def test_profile_timers_charge_exclusive_time(prof):
     assert t.calls["outer"] == 1
 
 
-@pytest.mark.parametrize("script", ["vs_llama_cpp.py", "profile_loop.py"])
+@pytest.mark.parametrize("script", ["vs_llama_cpp.py", "profile_loop.py", "ngram_headroom.py"])
 def test_help(script):
     out = subprocess.run([sys.executable, str(BENCH_DIR / script), "--help"],
                          capture_output=True, text=True, timeout=60)
@@ -185,3 +185,47 @@ def test_text_varying_across_repeats_is_reported(vs):
     rows += [_row("native", "draft-simple", 3, "a", r, 10.0, text="x") for r in range(3)]
     t = vs.text_agreement(rows)
     assert t["varies_across_repeats"] == ["a specli:model:3"]
+
+
+# --- ngram_headroom: the offline replay ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def headroom():
+    return _load("ngram_headroom")
+
+
+# A CPU-like curve: verifying n tokens costs 0.3 + 0.7 n steps, so copying pays from K = 1.
+T_V = [0.040 * (0.3 + 0.7 * n) for n in range(1, 33)]
+
+
+def test_replay_oracle_copies_a_quoted_passage(headroom):
+    passage = list(range(100, 140))
+    prompt = [1, 2, 3] + passage + [4]
+    out = [7] + passage  # the answer quotes the passage after one token of its own
+    base = len(out) * T_V[0]
+    seconds, rounds = headroom.replay(prompt, out, T_V, headroom.oracle(T_V), min_match=1)
+    assert rounds < len(out) // 4 and base / seconds > 1.25  # the curve allows 1.41 at most
+    fresh = list(range(500, 541))  # nothing to copy: every round is the target alone
+    seconds, rounds = headroom.replay(prompt, fresh, T_V, headroom.oracle(T_V), min_match=1)
+    assert rounds == len(fresh) and seconds == pytest.approx(len(fresh) * T_V[0])
+
+
+def test_replay_charges_rejected_drafts(headroom):
+    passage = list(range(100, 140))
+    prompt = passage + [4] + passage[:3]
+    out = passage[3:10] + [999] * 5  # the copy breaks after 7 tokens
+    always = lambda match, avail: 31 if match else 0  # noqa: E731
+    seconds, rounds = headroom.replay(prompt, out, T_V, always, min_match=1)
+    # Round 1 drafts 11 tokens (all the answer has left after its first), 7 are accepted
+    # (+1 of the target's own), and it costs the whole batch of 12: t_v(12).
+    assert rounds >= 2 and seconds >= T_V[11]
+    oracle_s, _ = headroom.replay(prompt, out, T_V, headroom.oracle(T_V), min_match=1)
+    assert oracle_s < seconds
+
+
+def test_auto_policy_replay_never_drafts_without_a_match(headroom):
+    choose, observe = headroom.auto_policy(T_V)
+    out = list(range(500, 530))
+    seconds, rounds = headroom.replay([1, 2, 3], out, T_V, choose, observe)
+    assert rounds == len(out)

@@ -19,7 +19,7 @@ from specli.errors import UsageError
 
 BENCH_HELP = """Measure tok/s for each K (and drafter) against the target alone, and recommend a K.
 
-First the costs are calibrated (the target's verify time t_v(n) for n = 1..K_max+1 and the draft's time per token t_d); then the runs are interleaved: for each repeat, for each prompt, K = 0 (the baseline) and then every drafter x K in the order given. Speedups compare each run with the baseline of the same prompt and repeat. The report (table, bar chart, cost model, recommendation) goes to stdout, progress to stderr; with --json - the JSON goes to stdout and the report to stderr.
+First the costs are calibrated (the target's verify time t_v(n) for n = 1..K_max+1, up to 32 when auto drafts n-grams, and the draft's time per token t_d; stored for `run --k auto`); then the runs are interleaved: for each repeat, for each prompt, K = 0 (the baseline) and then every drafter x K in the order given. Speedups compare each run with the baseline of the same prompt and repeat. The report (table, bar chart, cost model, recommendation) goes to stdout, progress to stderr; with --json - the JSON goes to stdout and the report to stderr.
 
 Examples:
 
