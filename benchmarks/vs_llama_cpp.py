@@ -454,7 +454,9 @@ def _own_cpu() -> float:
 
 
 class Specli:
-    """Both models loaded once; each run builds a fresh drafter and policy, like `specli run`."""
+    """Both models loaded once; each run builds a fresh drafter and policy, like `specli run`
+    (--k auto starts from the costs remembered on this machine, see specli.costcache:
+    `specli bench` once fills them; SPECLI_COST_CACHE=off measures a cold start)."""
 
     def __init__(self, s: Setup, load_draft: bool = True, fresh_cache: bool = True) -> None:
         from specli.config import RuntimeConfig
@@ -486,11 +488,19 @@ class Specli:
                 if m is not None:
                     m.reset()
         done = None
+        policy = make_policy(spec, d)
+        if k == "auto":  # as `specli run` does: start from the costs remembered on this machine
+            from specli.costcache import CostCache, remember, seed_policy
+
+            costs = CostCache.open()
+            seed_policy(policy, costs, self.loaded.target, self.loaded.draft)
         busy0, t0, own0 = cpu_busy_seconds(), time.monotonic(), _own_cpu()
         for ev in speculative_generate(self.loaded.target, d, tokens, sampling, spec,
-                                       policy=make_policy(spec, d), n_vocab=self.loaded.n_vocab):
+                                       policy=policy, n_vocab=self.loaded.n_vocab):
             if isinstance(ev, Done):
                 done = ev
+        if k == "auto":
+            remember(policy, costs, self.loaded.target, self.loaded.draft)
         st = done.stats
         return {"engine": "specli", "mode": "target" if k == 0 else drafter, "k": k,
                 "tokens": st.new_tokens, "seconds": st.decode_seconds, "tok_s": st.tokens_per_s,

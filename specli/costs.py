@@ -99,22 +99,6 @@ class WindowedMedian:
         self._samples.append(x)
         self.count += 1
 
-    def seed(self, x: float) -> None:
-        """A sample remembered from earlier runs: in the window (new samples push it out),
-        not in `count`, which counts what this run measured."""
-        if not (x >= 0.0 and math.isfinite(x)):
-            raise ValueError(f"seed must be finite and >= 0, got {x}")
-        self._samples.append(x)
-        self.seeded = True
-
-    seeded = False
-
-    @property
-    def measured(self) -> float | None:
-        """The median of this run's own samples in the window; None if it has none."""
-        own = list(self._samples)[-min(self.count, len(self._samples)):] if self.count else []
-        return statistics.median(own) if own else None
-
     @property
     def value(self) -> float:
         return statistics.median(self._samples) if self._samples else self.prior
@@ -188,6 +172,7 @@ class VerifyCost:
         self.prior_t1 = prior_t1
         self.prior_slope = prior_slope
         self._by_n = [WindowedMedian(0.0, window) for _ in range(n_max)]
+        self._seeds: dict[int, float] = {}  # remembered from earlier runs (see seed)
         self._table: list[float] | None = None  # cached estimates, invalidated on observe
 
     def observe(self, n: int, seconds: float) -> None:
@@ -202,19 +187,30 @@ class VerifyCost:
         return self._by_n[n - 1].count
 
     def seed(self, n: int, seconds: float) -> None:
-        """t_v(n) remembered from earlier runs on this machine (see costcache)."""
+        """t_v(n) remembered from earlier runs on this machine (see costcache).
+
+        A remembered size is priced at its remembered cost times `scale()`: how much
+        slower or faster this run's own measurements are than the remembered ones at the
+        same sizes. A machine under load slows every batch size alike; without the scale
+        a slow moment would raise the measured t_v(1) but not the remembered t_v(2..),
+        and drafting would look cheaper than it is.
+        """
         if 1 <= n <= self.n_max:
-            self._by_n[n - 1].seed(seconds)
+            if not (seconds > 0.0 and math.isfinite(seconds)):
+                raise ValueError(f"seed must be finite and > 0, got {seconds}")
+            self._seeds[n] = seconds
             self._table = None
+
+    def scale(self) -> float:
+        """This run's speed against the remembered one: the median ratio measured/remembered
+        over the sizes that have both (1.0 when none has)."""
+        ratios = [self._by_n[n - 1].value / s for n, s in self._seeds.items()
+                  if self._by_n[n - 1].count]
+        return statistics.median(ratios) if ratios else 1.0
 
     def measured(self) -> dict[int, float]:
         """{n: median seconds} of the batch sizes this run observed itself."""
-        out = {}
-        for n, est in enumerate(self._by_n, start=1):
-            m = est.measured
-            if m is not None:
-                out[n] = m
-        return out
+        return {n: est.value for n, est in enumerate(self._by_n, start=1) if est.count}
 
     def __call__(self, n: int) -> float:
         if not 1 <= n <= self.n_max:
@@ -228,8 +224,11 @@ class VerifyCost:
         return list(self._table)
 
     def _estimate(self) -> list[float]:
-        measured = {n: est.value for n, est in enumerate(self._by_n, start=1)
-                    if est.count or est.seeded}
+        measured = self.measured()
+        if self._seeds:
+            scale = self.scale()
+            for n, seconds in self._seeds.items():
+                measured.setdefault(n, seconds * scale)
         a, b = self._line(measured)
         floor = 1e-9  # a cost of zero would make the rate infinite
         sizes = sorted(measured)
@@ -249,8 +248,7 @@ class VerifyCost:
 
     def is_measured(self, n: int) -> bool:
         """Measured in this run or remembered from an earlier one."""
-        est = self._by_n[n - 1]
-        return est.count > 0 or est.seeded
+        return self._by_n[n - 1].count > 0 or n in self._seeds
 
     def _line(self, measured: dict[int, float]) -> tuple[float, float]:
         """Intercept and slope of the curve used for unmeasured sizes."""
@@ -321,6 +319,7 @@ class KPolicy:
         self.fixed_draft_cost = draft_cost
         self.prior_draft_ratio = prior_draft_ratio
         self._draft = WindowedMedian(math.nan, window)
+        self._draft_seed: float | None = None  # remembered t_d (see seed_draft)
         self.probe_every = probe_every
         self.probe_k = min(max(1, probe_k), k_max) if k_max else 0
         self.min_baseline_samples = min_baseline_samples
@@ -339,8 +338,10 @@ class KPolicy:
         """Seconds per draft token: fixed if given, else measured, else a prior ratio of t_v(1)."""
         if self.fixed_draft_cost is not None:
             return self.fixed_draft_cost
-        if self._draft.count or self._draft.seeded:
+        if self._draft.count:
             return self._draft.value
+        if self._draft_seed is not None:  # remembered: scaled to this run's speed, as t_v is
+            return self._draft_seed * self.verify.scale()
         return self.prior_draft_ratio * self.verify(1)
 
     def t_verify(self, n: int) -> float:
@@ -398,7 +399,7 @@ class KPolicy:
         a measured draft cost counts (the prior alone never rules speculation out).
         """
         measured = (self.fixed_draft_cost is not None or draft_cost is not None
-                    or self._draft.count > 0 or self._draft.seeded)
+                    or self._draft.count > 0 or self._draft_seed is not None)
         return measured and self.greedy_k(alpha=1.0, draft_cost=draft_cost) == 0
 
     def keep_drafting(
@@ -461,12 +462,14 @@ class KPolicy:
 
     def seed_draft(self, seconds_per_token: float) -> None:
         """t_d remembered from earlier runs on this machine (see costcache)."""
-        self._draft.seed(seconds_per_token)
+        if not (seconds_per_token > 0.0 and math.isfinite(seconds_per_token)):
+            raise ValueError(f"seed must be finite and > 0, got {seconds_per_token}")
+        self._draft_seed = seconds_per_token
 
     @property
     def measured_draft(self) -> float | None:
         """This run's own median draft cost per token; None if it drafted nothing."""
-        return self._draft.measured
+        return self._draft.value if self._draft.count else None
 
     def snapshot(self) -> CostSnapshot:
         k = self.greedy_k()
@@ -683,9 +686,10 @@ class AutoK:
     def seed(self, t_verify: Mapping[int, float], t_draft: float | None = None) -> None:
         """Start from costs measured on this machine before: {n: t_v(n)} and t_d.
 
-        Each acts as one earlier sample, so this run's own measurements soon outweigh it.
-        Without seeds every batch size must be tried before it can be priced, and those
-        trials cost more than a short generation gains.
+        A size this run has measured is priced at its own measurements; the others at
+        the remembered cost scaled to this run's speed (VerifyCost.seed). Without seeds
+        every batch size must be tried before it can be priced, and those trials cost
+        more than a short generation gains.
         """
         for n, seconds in t_verify.items():
             self.verify.seed(int(n), seconds)

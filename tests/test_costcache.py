@@ -97,9 +97,28 @@ def test_seeded_sizes_count_as_measured_but_not_as_this_runs_samples():
     verify.seed(5, 0.10)
     assert verify.is_measured(5) and verify(5) == 0.10
     assert verify.count(5) == 0 and verify.measured() == {1: 0.04}  # seeds are not re-saved
-    verify.observe(5, 0.12)
-    assert verify(5) == pytest.approx(0.11) and verify.measured() == {1: 0.04, 5: 0.12}
+    verify.observe(5, 0.12)  # measured in this run: its own figure wins
+    assert verify(5) == pytest.approx(0.12) and verify.measured() == {1: 0.04, 5: 0.12}
     verify.seed(99, 1.0)  # beyond the curve: ignored
+    with pytest.raises(ValueError):
+        verify.seed(2, float("nan"))
+
+
+def test_remembered_costs_scale_with_this_runs_speed():
+    """A slow moment raises the measured t_v(1); the remembered t_v(2..) and t_d must rise
+    with it, or drafting looks cheap exactly when the machine is slow (it did: auto probed
+    the draft model in runs where t_v(1) was 40% above the calibration, and lost 20%)."""
+    auto = AutoK(8)
+    curve = {1: 0.030, 2: 0.060, 3: 0.084, 4: 0.101}
+    auto.seed(curve, t_draft=0.021)
+    model = auto.policies["model"]
+    assert model.hopeless() and model.choose_k() == 0
+    for _ in range(5):
+        auto.verify.observe(1, 0.045)  # the machine is 1.5x slower now
+    assert auto.verify.scale() == pytest.approx(1.5)
+    assert auto.verify(3) == pytest.approx(0.084 * 1.5)
+    assert model.t_draft == pytest.approx(0.021 * 1.5)
+    assert model.hopeless() and model.choose_k() == 0
 
 
 def test_remembered_curve_changes_the_ngram_choice(tmp_path):
