@@ -229,7 +229,7 @@ class VerifyCost:
             scale = self.scale()
             for n, seconds in self._seeds.items():
                 measured.setdefault(n, seconds * scale)
-        a, b = self._line(measured)
+        line = None  # fitted only when some size lies outside the measured ones
         floor = 1e-9  # a cost of zero would make the rate infinite
         sizes = sorted(measured)
         out = []
@@ -243,7 +243,9 @@ class VerifyCost:
                 w = (n - lo) / (hi - lo)
                 out.append(measured[lo] + w * (measured[hi] - measured[lo]))
             else:
-                out.append(a + b * n)
+                if line is None:
+                    line = self._line(measured)
+                out.append(line[0] + line[1] * n)
         return [max(floor, x) for x in out]
 
     def is_measured(self, n: int) -> bool:
