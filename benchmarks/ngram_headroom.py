@@ -69,7 +69,7 @@ def auto_policy(t_v):
 
     def choose(match, avail):
         if match == 0:
-            policy._source = "model"  # the hybrid's model rounds: K = 0 where drafting cannot pay
+            policy.plan("model")  # the hybrid's model rounds; replayed as the target alone
             return 0
         return policy.plan("ngram", match)[1]
 
