@@ -147,8 +147,8 @@ def plan(prompts: Sequence, variants: Sequence[Variant], repeats: int) -> list[T
 # --------------------------------------------------------------------------- calibration
 
 
-DRAFT_CATCHUP_SIZES = (16, 32)
-NGRAM_CALIBRATION_REPS = 3  # t_v(n) for n beyond auto's model K, for n-gram drafts  # the draft's catch-up after a stretch of K = 0 rounds
+DRAFT_CATCHUP_SIZES = (16, 32)  # the draft's catch-up after a stretch of K = 0 rounds
+NGRAM_CALIBRATION_REPS = 3  # samples of t_v(n) for n beyond auto's model K (n-gram drafts)
 
 
 @dataclass(frozen=True)

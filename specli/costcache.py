@@ -152,21 +152,19 @@ def seed_policy(policy, cache: CostCache | None, target, draft) -> None:
 
 
 def remember(policy, cache: CostCache | None, target, draft) -> None:
-    """Blend what an AutoK policy measured into the cache and save it (no-op otherwise)."""
-    if cache is None or not hasattr(policy, "measured"):
-        return
-    t_verify, t_draft = policy.measured()
-    cache.update(model_key(target), t_verify)
-    if draft is not None and t_draft is not None:
-        cache.update(model_key(draft), t_draft=t_draft)
-    cache.save()
+    """Blend what an AutoK policy measured into the cache and save it."""
+    _store(cache, target, draft, *policy.measured(), replace=False)
 
 
 def store_calibration(cache: CostCache | None, target, draft, t_verify, t_draft) -> None:
     """Replace the remembered costs with a bench calibration (t_verify[n - 1] = t_v(n))."""
+    _store(cache, target, draft, dict(enumerate(t_verify, start=1)), t_draft, replace=True)
+
+
+def _store(cache, target, draft, t_verify, t_draft, *, replace: bool) -> None:
     if cache is None:
         return
-    cache.update(model_key(target), dict(enumerate(t_verify, start=1)), replace=True)
+    cache.update(model_key(target), t_verify, replace=replace)
     if draft is not None and t_draft is not None:
-        cache.update(model_key(draft), t_draft=t_draft, replace=True)
+        cache.update(model_key(draft), t_draft=t_draft, replace=replace)
     cache.save()

@@ -383,14 +383,7 @@ class KPolicy:
         k = self.greedy_k(alpha=alpha, draft_cost=draft_cost)
         if k == 0 and self._since_spec >= self.probe_every and not self.hopeless(draft_cost):
             return self.probe_k
-        n_baseline = self.verify.count(1)
-        # Measure t_v(1) early (the second round) and then now and then until it has a few
-        # samples: extrapolated from larger batches it may be far off, and it is the
-        # baseline every K > 0 is compared against.
-        gap = 1 if n_baseline == 0 else self.probe_every
-        if k > 0 and self._since_baseline >= gap and n_baseline < self.min_baseline_samples:
-            return 0
-        return k
+        return 0 if k > 0 and _baseline_due(self) else k
 
     def hopeless(self, draft_cost: float | None = None) -> bool:
         """True when the measured costs rule speculation out even at alpha = 1.
@@ -483,6 +476,18 @@ class KPolicy:
             k_best=k,
             speedup=predicted_speedup(self.alpha, k, self.t_draft, t_v),
         )
+
+
+def _baseline_due(policy) -> bool:
+    """Whether a policy drafting K > 0 should run the target alone this round instead.
+
+    t_v(1) is measured early (the second round) and then now and then until it has
+    `min_baseline_samples` samples: extrapolated from larger batches it may be far off,
+    and it is the baseline every K > 0 is compared against.
+    """
+    n_baseline = policy.verify.count(1)
+    gap = 1 if n_baseline == 0 else policy.probe_every
+    return policy._since_baseline >= gap and n_baseline < policy.min_baseline_samples
 
 
 # --------------------------------------------------------------------------- n-gram drafts
@@ -628,12 +633,11 @@ class NgramPolicy:
         return k, rates[k]
 
     def choose_k(self, match_len: int) -> int:
-        k, _ = self.best(match_len)
-        n_baseline = self.verify.count(1)
-        gap = 1 if n_baseline == 0 else self.probe_every
-        if k > 0 and self._since_baseline >= gap and n_baseline < self.min_baseline_samples:
-            return 0  # measure t_v(1), the baseline every K > 0 is compared against
-        return k
+        return self.gate(self.best(match_len)[0])
+
+    def gate(self, k: int) -> int:
+        """K as chosen by `best`, or 0 when a baseline round is due (see _baseline_due)."""
+        return 0 if k > 0 and _baseline_due(self) else k
 
     def observe_round(self, match_len: int, k: int, n_accepted: int, verify_seconds: float) -> None:
         self.verify.observe(k + 1, verify_seconds)
@@ -657,7 +661,7 @@ class AutoK:
 
     def __init__(self, k_max: int, ngram_k_max: int = NGRAM_K_MAX, **kwargs) -> None:
         self.verify = VerifyCost(max(k_max, ngram_k_max) + 1)
-        self.policies = {"model": KPolicy(k_max, verify=self.verify, **kwargs)}
+        self.model = KPolicy(k_max, verify=self.verify, **kwargs)
         self.ngram = NgramPolicy(ngram_k_max, verify=self.verify)
         self._p_all = 1.0
         self._source = "model"
@@ -675,15 +679,14 @@ class AutoK:
         if source == "ngram":
             k, rate = self.ngram.best(match_len)
             if fallback == "model":
-                model = self.policies["model"]
-                k_model = model.choose_k()
-                if k_model > 0 and model.rate(k_model) > rate:
+                k_model = self.model.choose_k()
+                if k_model > 0 and self.model.rate(k_model) > rate:
                     self._source = "model"
                     return "model", k_model
             self._source = "ngram"
-            return "ngram", self.ngram.choose_k(match_len)
+            return "ngram", self.ngram.gate(k)
         self._source = "model"
-        return "model", self.policies["model"].choose_k()
+        return "model", self.model.choose_k()
 
     def seed(self, t_verify: Mapping[int, float], t_draft: float | None = None) -> None:
         """Start from costs measured on this machine before: {n: t_v(n)} and t_d.
@@ -696,14 +699,14 @@ class AutoK:
         for n, seconds in t_verify.items():
             self.verify.seed(int(n), seconds)
         if t_draft is not None:
-            self.policies["model"].seed_draft(t_draft)
+            self.model.seed_draft(t_draft)
 
     def measured(self) -> tuple[dict[int, float], float | None]:
         """What this run measured itself: ({n: t_v(n)}, t_d or None), to remember."""
-        return self.verify.measured(), self.policies["model"].measured_draft
+        return self.verify.measured(), self.model.measured_draft
 
     def keep_drafting(self, n_drafted: int, q_token_prob: float) -> bool:
-        policy = self.policies["model"]
+        policy = self.model
         self._p_all *= policy.token_accept_prob(q_token_prob)
         return policy.keep_drafting(n_drafted, self._p_all)
 
@@ -713,5 +716,5 @@ class AutoK:
         if source == "ngram" or (source == "none" and self._source == "ngram"):
             self.ngram.observe_round(self._match_len, k, n_accepted, verify_seconds)
             return
-        self.policies["model"].observe_round(k, n_accepted, draft_seconds, verify_seconds,
+        self.model.observe_round(k, n_accepted, draft_seconds, verify_seconds,
                                              draft_probs=draft_probs if draft_probs else None)

@@ -111,7 +111,7 @@ def test_remembered_costs_scale_with_this_runs_speed():
     auto = AutoK(8)
     curve = {1: 0.030, 2: 0.060, 3: 0.084, 4: 0.101}
     auto.seed(curve, t_draft=0.021)
-    model = auto.policies["model"]
+    model = auto.model
     assert model.hopeless() and model.choose_k() == 0
     for _ in range(5):
         auto.verify.observe(1, 0.045)  # the machine is 1.5x slower now
@@ -133,7 +133,7 @@ def test_remembered_curve_changes_the_ngram_choice(tmp_path):
     seeded = AutoK(8)
     seeded.seed(curve, t_draft=0.02)
     assert seeded.ngram.best(64)[0] == 15
-    assert seeded.policies["model"].t_draft == 0.02
+    assert seeded.model.t_draft == 0.02
     assert fresh.ngram.best(64)[0] != 15
     path = tmp_path / "c.json"
     cache = CostCache(path)

@@ -370,7 +370,7 @@ def test_autok_hybrid_picks_the_source_with_the_higher_rate():
     for n in range(1, 33):
         for _ in range(3):
             auto.verify.observe(n, gpu_curve(n) * (1 + 0.02 * n))
-    model = auto.policies["model"]
+    model = auto.model
     for _ in range(50):  # a cheap, accurate draft model (GPU-like)
         model.observe_round(4, 4, 4 * 0.05 * T1, gpu_curve(5))
     assert auto.plan("ngram", match_len=2, fallback="model")[0] == "model"  # weak match

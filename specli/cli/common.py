@@ -91,7 +91,7 @@ class Generation:
         """Keep what a generation measured for the next one (no-op for a fixed K)."""
         from specli.costcache import remember
 
-        if hasattr(policy, "measured"):
+        if hasattr(policy, "measured"):  # a fixed K measures nothing to keep: leave the file
             remember(policy, self.costs, self.loaded.target, self.loaded.draft)
 
     def title(self) -> str:
