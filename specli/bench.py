@@ -780,6 +780,7 @@ def _recommend(vs: list[dict], calib: Calibration | None, rows: Sequence[dict]) 
     out["best_fixed"] = ({"k": best_fixed["k"], "drafter": best_fixed["drafter"],
                           "speedup": best_fixed["speedup"]["median"]} if best_fixed else None)
     out["pays"] = best["speedup"]["median"] >= PAYS
+    out["advice"] = _advice(out)
     if calib is not None and calib.t_draft is not None:
         ks = [v for v in fixed if v["drafter"] == "model"]
         out["why"] = {
@@ -791,6 +792,20 @@ def _recommend(vs: list[dict], calib: Calibration | None, rows: Sequence[dict]) 
                                                                calib.catchup(2)) for v in ks},
         }
     return out
+
+
+def _advice(rec: dict) -> dict:
+    """What to run: the best variant when it pays; else `--k auto` if an auto row kept up
+    with the target alone (within noise: it drafts only where drafting pays, so it costs
+    nothing here and gains where text repeats); else `--k 0`."""
+    if rec["pays"]:
+        return {"k": rec["best"]["k"], "drafter": rec["best"]["drafter"]}
+    autos = {d: a["vs_baseline"] for d, a in rec["auto"].items() if a.get("vs_baseline")}
+    if autos:
+        drafter, speedup = max(autos.items(), key=lambda kv: kv[1])
+        if speedup >= 1 / PAYS:
+            return {"k": "auto", "drafter": drafter}
+    return {"k": 0, "drafter": None}
 
 
 # --------------------------------------------------------------------------- machine

@@ -162,8 +162,12 @@ def recommendation(summary: dict) -> Text:
         if s.get("pays"):
             text.append(f"  {suite}: {_name(best)} — {best['speedup']:.2f}× the target alone", "green")
         else:
+            advice = s.get("advice") or {"k": 0}
+            use = ("use --k 0" if advice["k"] == 0 else
+                   f"keep {_name(advice)}: it kept up with the target alone and drafts only "
+                   "where that pays")
             text.append(f"  {suite}: speculation does not pay for this pair on this machine "
-                        f"(best: {_name(best)}, {best['speedup']:.2f}×); use --k 0", "yellow")
+                        f"(best: {_name(best)}, {best['speedup']:.2f}×); {use}", "yellow")
         autos = s.get("auto") or {}
         if autos:
             text.append("\n    --k auto: " + "; ".join(

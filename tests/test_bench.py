@@ -115,7 +115,33 @@ def test_summary_speedup_is_the_median_of_paired_ratios_and_says_when_it_does_no
     assert k1["predicted_speedup"] == pytest.approx(1.6 * 0.05 / 0.09)
     suite = s["suites"]["s"]
     assert suite["best"]["speedup"] < PAYS and suite["pays"] is False
+    assert suite["advice"] == {"k": 0, "drafter": None}  # no auto row: the target alone
     assert suite["why"]["draft_ratio"] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("auto_tps,advice", [
+    ((9.9, 19.9, 29.5), {"k": "auto", "drafter": "auto"}),  # within noise of the baseline
+    ((9.0, 18.0, 27.0), {"k": 0, "drafter": None}),  # 0.90x: auto costs, so the target alone
+])
+def test_when_nothing_pays_auto_is_advised_only_if_it_kept_up(auto_tps, advice):
+    from specli.render_bench import recommendation
+
+    rows = []
+    for i, (p, base, tps) in enumerate(zip("abc", (10.0, 20.0, 30.0), auto_tps)):
+        rows += [_row(3 * i, p, 0, "none", base, base),
+                 _row(3 * i + 1, p, 1, "model", base * 0.8, base, 10, 6),
+                 _row(3 * i + 2, p, "auto", "auto", tps, base, 10, 6)]
+    suite = summarize(rows, make_variants([0, 1, "auto"], ["model", "auto"]), None, {})["suites"]["s"]
+    assert suite["pays"] is False and suite["advice"] == advice
+    text = recommendation({"suites": {"s": suite}}).plain
+    assert ("use --k 0" in text) == (advice["k"] == 0)
+    assert ("keep --k auto --drafter auto" in text) == (advice["k"] == "auto")
+
+
+def test_advice_is_the_best_row_when_it_pays():
+    rows = [_row(0, "a", 0, "none", 10.0, 10.0), _row(1, "a", 2, "model", 15.0, 10.0, 10, 9)]
+    suite = summarize(rows, make_variants([0, 2], ["model"]), None, {})["suites"]["s"]
+    assert suite["pays"] is True and suite["advice"] == {"k": 2, "drafter": "model"}
 
 
 # --------------------------------------------------------------------------- the CLI, tiny models
