@@ -18,7 +18,13 @@ new tokens / decode seconds (timed after the prefill). Runs are interleaved:
   for repeat r: for prompt p: native target, specli K=0, then for K: native K, specli K
 
 Ratios are medians of per-(prompt, repeat) ratios of runs made moments apart; tok/s
-columns are medians over all runs. specli empties both KV caches before each run, as each
+columns are medians over all runs. The `model` column is the ratio the two loops' decode
+calls alone allow (decode_cost_model): from t_v(1..K+1) and the draft's batch costs,
+calibrated in-process before the runs and once more per repeat, and specli's acceptance.
+Per round specli decodes K+1 tokens on the target and K times on the draft (1 token, or 2
+after an all-accepted round); draft-simple also decodes each verified batch on the draft.
+Measured ≈ model means neither side's overhead outside llama_decode matters: the ratio
+is set by that extra draft batch. specli empties both KV caches before each run, as each
 native run starts fresh (--reuse-cache keeps them: then text may vary between repeats,
 since the cache's cell layout changes the attention's summation order at near-ties).
 Each run records the CPU share other processes took meanwhile (from /proc/stat);
@@ -152,8 +158,34 @@ def variant_key(row: dict) -> str:
     return f"{row['engine']}:{row['mode']}:{row['k']}"
 
 
+def decode_cost_model(hist: list[int], k: int, t_v, t_db) -> dict | None:
+    """Decode time of both loops over the same rounds, from calibrated llama_decode costs.
+
+    hist[a]: rounds in which a of the K drafts were accepted (greedy: native drafts and
+    verifies the same tokens, so its rounds are the same). t_v(n): the target decoding n
+    tokens with n logits rows; t_db(n): the draft decoding n tokens with one row.
+      specli  t_v(K+1) + catch-up + (K-1) t_db(1); the catch-up feeds 2 tokens after an
+              all-accepted round (its last draft and the bonus token), else 1
+      native  t_v(K+1) + t_db(K+1) + K t_db(1): draft-simple first decodes the whole
+              verified batch on the draft (its process step), then drafts K tokens from
+              the target's last token
+    Sampling, Python and C++ bookkeeping are left out: the ratio is what the loops' decode
+    calls alone allow, the part of specli/native no overhead work can change.
+    """
+    rounds = sum(hist)
+    if not rounds or k < 1:
+        return None
+    full = hist[k] if len(hist) > k else 0
+    tokens = sum(a * n for a, n in enumerate(hist)) + rounds  # accepted drafts + 1 per round
+    specli = rounds * (t_v(k + 1) + (k - 1) * t_db(1)) + full * t_db(2) + (rounds - full) * t_db(1)
+    native = rounds * (t_v(k + 1) + t_db(k + 1) + k * t_db(1))
+    return {"rounds": rounds, "full_rounds": full, "tokens": tokens,
+            "specli_ms_per_token": 1e3 * specli / tokens, "native_ms_per_token": 1e3 * native / tokens,
+            "ratio": native / specli}
+
+
 def summarize(rows: list[dict], ks: list, ngram_ks: list | None = None,
-              max_foreign: float | None = None) -> dict:
+              max_foreign: float | None = None, calib=None) -> dict:
     """Medians of tok/s per variant, and medians of paired ratios (same prompt and repeat).
 
     rows: one dict per run with engine, mode, k, prompt, repeat, tok_s (and text_match,
@@ -200,8 +232,16 @@ def summarize(rows: list[dict], ks: list, ngram_ks: list | None = None,
             "native_vs_native_target": paired(f"native:draft-simple:{k}", "native:target:0"),
             "native_vs_specli_target": paired(f"native:draft-simple:{k}", "specli:target:0"),
         }
+        hist: list[int] = []
+        for r in by.get(f"specli:model:{k}", []):
+            for a, n in enumerate(r.get("accepted_hist") or []):
+                hist += [0] * (a + 1 - len(hist))
+                hist[a] += n
+        if calib is not None and calib.t_draft is not None:
+            per_k[str(k)]["decode_cost_model"] = decode_cost_model(hist, k, calib.t_v, calib.t_db)
     out = {"variants": variants, "per_k": per_k,
-           "target_alone_specli_vs_native": paired("specli:target:0", "native:target:0")}
+           "target_alone_specli_vs_native": paired("specli:target:0", "native:target:0"),
+           "calibration": calib.to_dict() if calib is not None else None}
     if ngram_ks is not None:
         out["ngram"] = {
             "native_ngram_vs_specli_target": paired("native:ngram-simple:12", "specli:ngram-target:0"),
@@ -260,7 +300,7 @@ def format_table(summary: dict, ks: list) -> str:
                                            _ratio(summary.get("target_alone_specli_vs_native"))))
     lines.append("")
     hdr = f"{'K':>2}  {'native tok/s':>12}  {'specli tok/s':>12}  {'specli/native':>22}  " \
-          f"{'specli/K0':>22}  {'native/bench-tg':>22}  {'acc nat/spc':>11}"
+          f"{'model':>5}  {'specli/K0':>22}  {'native/bench-tg':>22}  {'acc nat/spc':>11}"
     lines.append(hdr)
     lines.append("-" * len(hdr))
     for k in ks:
@@ -268,9 +308,19 @@ def format_table(summary: dict, ks: list) -> str:
         nk, sk = f"native:draft-simple:{k}", f"specli:model:{k}"
         acc = "{}/{}".format(_fmt(v.get(nk, {}).get("accept_rate_median"), ".2f"),
                              _fmt(v.get(sk, {}).get("accept_rate_median"), ".2f"))
+        model = pk.get("decode_cost_model")
         lines.append(f"{k:>2}  {tps(nk):>12}  {tps(sk):>12}  {_ratio(pk['specli_vs_native']):>22}  "
+                     f"{_fmt(model and model['ratio'], '.2f', '×'):>5}  "
                      f"{_ratio(pk['specli_vs_specli_target']):>22}  "
                      f"{_ratio(pk['native_vs_native_target']):>22}  {acc:>11}")
+    cal = summary.get("calibration")
+    if cal and cal.get("t_draft_batch"):
+        tv = " ".join(f"{1e3 * t:.0f}" for t in cal["t_verify"])
+        db = " ".join(f"{1e3 * cal['t_draft_batch'][str(n)]:.0f}" for n in range(1, len(cal["t_verify"]) + 1)
+                      if str(n) in cal["t_draft_batch"])
+        lines.append(f"model: specli/native if both loops spent time only in llama_decode, from the "
+                     f"calibrated costs (ms) t_v(1..) {tv} · draft t_d(1..) {db} and specli's "
+                     f"acceptance; native's draft also decodes each verified batch (K+1 tokens) once")
     return _format_rest(summary, v, tps, lines)
 
 
@@ -467,6 +517,23 @@ class Specli:
         self.loaded = load_models(paths, rt, load_draft=load_draft)
         self.n = s.n
         self.fresh_cache = fresh_cache
+        self.sampler = None  # CostSampler, once sample_costs runs
+
+    def sample_costs(self, tokens: list[int], n_max: int, reps: int) -> None:
+        """More samples of t_v(1..n_max) and of the draft's batches of 1..n_max tokens (one
+        logits row), decoded after `tokens`, for the decode-cost model (see
+        decode_cost_model); the caches end as they began."""
+        from specli.bench import CostSampler
+        from specli.config import SamplingConfig
+
+        if self.sampler is None:
+            self.sampler = CostSampler(self.loaded.target, self.loaded.draft, n_max,
+                                       SamplingConfig(temperature=0.0), self.loaded.n_vocab,
+                                       draft_sizes=range(1, n_max + 1))
+        self.sampler.sample(tokens, reps)
+
+    def calibration(self):
+        return self.sampler.result() if self.sampler is not None else None
 
     def tokens(self, text: str) -> tuple[list[int], str]:
         from specli.prompt import ChatTemplate, tokenize_chat
@@ -506,6 +573,7 @@ class Specli:
                 "tokens": st.new_tokens, "seconds": st.decode_seconds, "tok_s": st.tokens_per_s,
                 "prompt_tokens": len(tokens), "accept_rate": st.acceptance_rate if k else None,
                 "python_share": st.python_share, "rounds": st.rounds, "text": done.text,
+                "accepted_hist": list(st.accepted_hist),
                 "stop": done.stop_reason,
                 "foreign_cpu": foreign_share(busy0, cpu_busy_seconds(), _own_cpu() - own0,
                                              time.monotonic() - t0)}
@@ -534,7 +602,12 @@ def run_draft_comparison(s: Setup, sp: Specli, prompts, ks, repeats: int) -> lis
     native_spec(s, prompts[0], first_text, len(first_tokens), "draft-simple", ks[0])
     sp.run(first_tokens, "model", ks[0])
     sp.run(first_tokens, "model", 0)
+    if sp.loaded.draft is not None:  # decode costs for the model column; again every repeat
+        _progress("calibrating decode costs")
+        sp.sample_costs(first_tokens, max(ks) + 1, reps=3)
     for r in range(repeats):
+        if r and sp.loaded.draft is not None:
+            sp.sample_costs(first_tokens, max(ks) + 1, reps=1)
         for p, (tokens, text) in zip(prompts, rendered):
             tag = {"prompt": p.id, "repeat": r}
             _progress(f"repeat {r + 1}/{repeats} · {p.id} · target alone")
@@ -678,11 +751,13 @@ def main(argv=None) -> int:
         if args.ngram:
             rows += run_ngram_comparison(s, sp, _load_prompts(args.ngram_prompts, args.limit or None),
                                          ngram_ks, args.repeats)
+        calib = sp.calibration()
     finally:
         sp.close()
     from specli.bench import peak_rss_mib
 
-    summary = summarize(rows, [] if args.no_draft_comparison else ks, ngram_ks, args.max_foreign)
+    summary = summarize(rows, [] if args.no_draft_comparison else ks, ngram_ks, args.max_foreign,
+                        calib)
     files_mib = (s.target.stat().st_size + s.draft.stat().st_size) / 2**20
     summary["machine"] = {"load_before": [round(x, 2) for x in load_before],
                           "load_after": [round(x, 2) for x in os.getloadavg()],

@@ -208,11 +208,12 @@ class CostSampler:
     predict (on a shared machine, load comes and goes within minutes).
     """
 
-    def __init__(self, target, draft, n_max: int, sampling: SamplingConfig, n_vocab: int) -> None:
+    def __init__(self, target, draft, n_max: int, sampling: SamplingConfig, n_vocab: int,
+                 draft_sizes: Sequence[int] = ()) -> None:
         self.target, self.draft, self.n_max = target, draft, n_max
         self.sampling, self.n_vocab = sampling, n_vocab
         self.verify_sizes = list(range(1, n_max + 1))
-        self.draft_sizes = sorted({1, 2, 4, 8, *DRAFT_CATCHUP_SIZES})
+        self.draft_sizes = sorted({1, 2, 4, 8, *DRAFT_CATCHUP_SIZES, *draft_sizes})
         self.t_verify: dict[int, list[float]] = {n: [] for n in self.verify_sizes}
         self.t_draft_batch: dict[int, list[float]] = {n: [] for n in self.draft_sizes}
         self.t_choice: float | None = None

@@ -107,6 +107,35 @@ def test_summarize_pairs_runs_and_formats(vs):
     assert "1.25×" in table and "6/8 runs agree" in table
 
 
+def test_decode_cost_model_counts_the_native_draft_batch_and_specli_catch_ups(vs):
+    t_v = {1: 30.0, 2: 50.0, 3: 70.0, 4: 90.0}.__getitem__  # ms, as any unit
+    t_db = {1: 20.0, 2: 30.0, 3: 35.0, 4: 40.0}.__getitem__
+    # K = 3; 4 rounds: one accepted nothing, one accepted 2, two accepted all 3
+    m = vs.decode_cost_model([1, 0, 1, 2], 3, t_v, t_db)
+    assert m["rounds"] == 4 and m["full_rounds"] == 2 and m["tokens"] == 0 + 2 + 6 + 4
+    specli = 4 * (90 + 2 * 20) + 2 * 30 + 2 * 20  # catch-up of 2 tokens after the full rounds
+    native = 4 * (90 + 40 + 3 * 20)  # the verified batch of 4 on the draft, then 3 drafts
+    assert m["ratio"] == pytest.approx(native / specli)
+    assert m["specli_ms_per_token"] == pytest.approx(1e3 * specli / 12)
+    assert vs.decode_cost_model([], 3, t_v, t_db) is None
+
+
+def test_summarize_adds_the_decode_cost_model_with_a_calibration(vs):
+    from specli.bench import Calibration
+
+    calib = Calibration((0.03, 0.05, 0.07, 0.09), 0.02, 3, 40, {1: 0.02, 2: 0.03, 4: 0.04})
+    rows = [_row("native", "draft-simple", 3, "a", 0, 20.0),
+            _row("specli", "model", 3, "a", 0, 24.0, accepted_hist=[1, 0, 1]),
+            _row("specli", "model", 3, "a", 1, 24.0, accepted_hist=[0, 0, 0, 2])]
+    s = vs.summarize(rows, [3], calib=calib)
+    m = s["per_k"]["3"]["decode_cost_model"]
+    assert m == vs.decode_cost_model([1, 0, 1, 2], 3, calib.t_v, calib.t_db)
+    assert s["calibration"]["t_verify"] == [0.03, 0.05, 0.07, 0.09]
+    table = vs.format_table(s, [3])
+    assert f"{m['ratio']:.2f}×" in table and "t_v(1..) 30 50 70 90" in table
+    assert "decode_cost_model" not in vs.summarize(rows, [3])["per_k"]["3"]  # no calibration
+
+
 def test_summarize_ngram(vs):
     rows = [_row("specli", "ngram-target", 0, "e", 0, 30.0),
             _row("native", "ngram-simple", 12, "e", 0, 60.0),
