@@ -136,6 +136,28 @@ def test_summarize_adds_the_decode_cost_model_with_a_calibration(vs):
     assert "decode_cost_model" not in vs.summarize(rows, [3])["per_k"]["3"]  # no calibration
 
 
+def test_specli_side_runs_and_calibrates_on_tiny_models(vs, tiny_target, tiny_draft, tmp_path):
+    """The in-process side of vs_llama_cpp on real llama.cpp: a K run records what the
+    model column needs, and the calibration covers t_v(1..K+1) and draft batches 1..K+1."""
+    s = vs.Setup(tmp_path, tiny_target, tiny_draft, n=12, threads=1, draft_threads=1, ctx=256)
+    sp = vs.Specli(s)
+    try:
+        tokens, text = sp.tokens("Hello there")
+        assert tokens and text
+        row = sp.run(tokens, "model", 2)
+        assert sum(row["accepted_hist"]) == row["rounds"] and len(row["accepted_hist"]) <= 3
+        sp.sample_costs(tokens, 3, reps=2)
+        sp.sample_costs(tokens, 3, reps=1)
+        calib = sp.calibration()
+    finally:
+        sp.close()
+    assert len(calib.t_verify) == 3 and calib.reps == 3
+    assert {1, 2, 3} <= set(calib.t_draft_batch)
+    model = vs.decode_cost_model(row["accepted_hist"], 2, calib.t_v, calib.t_db)
+    assert model["rounds"] == row["rounds"]
+    assert model["tokens"] == sum(a * n for a, n in enumerate(row["accepted_hist"])) + row["rounds"]
+
+
 def test_summarize_ngram(vs):
     rows = [_row("specli", "ngram-target", 0, "e", 0, 30.0),
             _row("native", "ngram-simple", 12, "e", 0, 60.0),
