@@ -232,12 +232,12 @@ def summarize(rows: list[dict], ks: list, ngram_ks: list | None = None,
             "native_vs_native_target": paired(f"native:draft-simple:{k}", "native:target:0"),
             "native_vs_specli_target": paired(f"native:draft-simple:{k}", "specli:target:0"),
         }
-        hist: list[int] = []
-        for r in by.get(f"specli:model:{k}", []):
-            for a, n in enumerate(r.get("accepted_hist") or []):
-                hist += [0] * (a + 1 - len(hist))
-                hist[a] += n
         if calib is not None and calib.t_draft is not None:
+            hist: list[int] = []  # rounds by accepted count, over all of specli's runs at K
+            for r in by.get(f"specli:model:{k}", []):
+                for a, n in enumerate(r.get("accepted_hist") or []):
+                    hist += [0] * (a + 1 - len(hist))
+                    hist[a] += n
             per_k[str(k)]["decode_cost_model"] = decode_cost_model(hist, k, calib.t_v, calib.t_db)
     out = {"variants": variants, "per_k": per_k,
            "target_alone_specli_vs_native": paired("specli:target:0", "native:target:0"),
