@@ -15,8 +15,10 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -82,6 +84,155 @@ def _LOG_CALLBACK(llama_cpp):
     return cb
 
 
+# --- buffer types and devices (ggml's C API, through llama_cpp's own libggml) ------------
+
+GGML_TYPE_F32 = 0
+_DEV_CPU, _DEV_GPU, _DEV_IGPU = 0, 1, 2
+
+
+class _GgmlInitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p),
+                ("no_alloc", ctypes.c_bool)]
+
+
+class _BuftOverride(ctypes.Structure):  # struct llama_model_tensor_buft_override
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+def _ggml():
+    """libggml with the prototypes used here (set once; ctypes keeps them on the handle)."""
+    from llama_cpp._ggml import libggml as lib
+
+    if getattr(lib, "_specli_typed", False):
+        return lib
+    P, S, B, I64 = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_bool, ctypes.c_int64
+    for name, res, args in (
+        ("ggml_backend_dev_by_type", P, [ctypes.c_int]),
+        ("ggml_backend_dev_backend_reg", P, [P]),
+        ("ggml_backend_reg_get_proc_address", P, [P, S]),
+        ("ggml_backend_buft_name", S, [P]),
+        ("ggml_backend_buft_alloc_buffer", P, [P, ctypes.c_size_t]),
+        ("ggml_backend_buffer_free", None, [P]),
+        ("ggml_backend_dev_supports_op", B, [P, P]),
+        ("ggml_backend_dev_count", ctypes.c_size_t, []),
+        ("ggml_backend_dev_get", P, [ctypes.c_size_t]),
+        ("ggml_backend_dev_name", S, [P]),
+        ("ggml_backend_dev_description", S, [P]),
+        ("ggml_backend_dev_type", ctypes.c_int, [P]),
+        ("ggml_backend_dev_memory", None, [P, ctypes.POINTER(ctypes.c_size_t),
+                                           ctypes.POINTER(ctypes.c_size_t)]),
+        ("ggml_init", P, [_GgmlInitParams]),
+        ("ggml_free", None, [P]),
+        ("ggml_tensor_overhead", ctypes.c_size_t, []),
+        ("ggml_new_tensor_2d", P, [P, ctypes.c_int, I64, I64]),
+        ("ggml_mul_mat", P, [P, P, P]),
+    ):
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = res, args
+    lib._specli_typed = True
+    return lib
+
+
+def cpu_extra_bufts() -> dict[str, int]:
+    """The CPU backend's extra buffer types, {name: handle}, in llama.cpp's order of use."""
+    _llama()
+    g = _ggml()
+    dev = g.ggml_backend_dev_by_type(_DEV_CPU)
+    addr = g.ggml_backend_reg_get_proc_address(g.ggml_backend_dev_backend_reg(dev),
+                                               b"ggml_backend_dev_get_extra_bufts")
+    if not addr:
+        return {}
+    arr = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(addr)(dev)
+    out, i = {}, 0
+    while arr and arr[i]:
+        out[g.ggml_backend_buft_name(arr[i]).decode()] = arr[i]
+        i += 1
+    return out
+
+
+def buft_supports(buft: int, tensor) -> bool:
+    """Whether buffer type `buft` runs a matmul with this weight, by the CPU backend's own
+    answer: the check llama.cpp makes when it picks a weight's buffer (a dummy MUL_MAT
+    with a 512-row F32 input, the weight marked as living in a buffer of that type)."""
+    g = _ggml()
+    ctx = g.ggml_init(_GgmlInitParams(8 * g.ggml_tensor_overhead(), None, True))
+    buf = None
+    try:
+        w = g.ggml_new_tensor_2d(ctx, tensor.ggml_type, tensor.dims[0], tensor.dims[1])
+        x = g.ggml_new_tensor_2d(ctx, GGML_TYPE_F32, tensor.dims[0], 512)
+        op = g.ggml_mul_mat(ctx, w, x)
+        buf = g.ggml_backend_buft_alloc_buffer(buft, 0)
+        # struct ggml_tensor { enum ggml_type type; struct ggml_backend_buffer * buffer; ...}
+        ctypes.c_void_p.from_address(w + ctypes.sizeof(ctypes.c_void_p)).value = buf
+        return bool(g.ggml_backend_dev_supports_op(g.ggml_backend_dev_by_type(_DEV_CPU), op))
+    finally:
+        if buf:
+            g.ggml_backend_buffer_free(buf)
+        g.ggml_free(ctx)
+
+
+def gpu_devices() -> list[dict]:
+    """GPU devices llama.cpp can offload to: name, description, memory (MiB)."""
+    _llama()
+    g = _ggml()
+    out = []
+    for i in range(g.ggml_backend_dev_count()):
+        dev = g.ggml_backend_dev_get(i)
+        if g.ggml_backend_dev_type(dev) not in (_DEV_GPU, _DEV_IGPU):
+            continue
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        g.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        out.append({"name": g.ggml_backend_dev_name(dev).decode(),
+                    "description": g.ggml_backend_dev_description(dev).decode(),
+                    "memory_total_mib": total.value // 2**20,
+                    "memory_free_mib": free.value // 2**20})
+    return out
+
+
+def supports_gpu_offload() -> bool:
+    """llama.cpp's own answer: was it built with a GPU backend that has a device here."""
+    return bool(_llama().llama_supports_gpu_offload())
+
+
+def resolve_gpu_layers(n_gpu_layers: int | None) -> int:
+    """--n-gpu-layers: None means all layers when GPU offload is supported, else 0."""
+    if n_gpu_layers is None:
+        return -1 if supports_gpu_offload() else 0
+    return n_gpu_layers
+
+
+def system_info() -> str:
+    """llama_print_system_info(): the CPU features llama.cpp was built with and sees."""
+    return _llama().llama_print_system_info().decode("utf-8", "replace").strip()
+
+
+def plan_placement(path: Path, n_gpu_layers: int, env: dict | None = None):
+    """The Placement (specli.placement) for loading `path` here: asks the backend which
+    extra buffer types it offers and, when AMX is among them, which weights CPU_REPACK
+    takes."""
+    from specli import placement
+
+    bufts = cpu_extra_bufts()
+    allow = placement.amx_allowed(env)
+    if placement.AMX not in bufts or allow:
+        return placement.decide(list(bufts), [], lambda t: False, n_layer=0,
+                                n_gpu_layers=n_gpu_layers, allow_amx=allow), bufts
+    from specli.compat import read_gguf
+
+    header = read_gguf(path, tensors=True)
+    n_layer = int(header.arch_key("block_count") or 0)
+    seen: dict[tuple, bool] = {}  # one backend query per (type, shape)
+
+    def repack_ok(t) -> bool:
+        key = (t.ggml_type, t.dims)
+        if key not in seen:
+            seen[key] = buft_supports(bufts[placement.REPACK], t)
+        return seen[key]
+
+    return placement.decide(list(bufts), header.tensors or [], repack_ok, n_layer=n_layer,
+                            n_gpu_layers=n_gpu_layers, allow_amx=False), bufts
+
+
 _MADV_DONTNEED = 4  # Linux
 
 
@@ -117,6 +268,51 @@ def release_file_pages(path: str | os.PathLike) -> int:
     return released
 
 
+def device_label(buffers: dict[str, float], n_gpu_layers: int) -> str:
+    """Where a model runs, from the buffers its weights landed in: 'CPU', 'CUDA0', ..."""
+    gpus = [name for name in buffers if not name.upper().startswith(("CPU", "AMX"))]
+    if not gpus or n_gpu_layers == 0:
+        return "CPU"
+    partial = f" ({n_gpu_layers} layers)" if n_gpu_layers > 0 else ""
+    return "+".join(gpus) + partial
+
+
+def _override_array(overrides, bufts: dict[str, int]):
+    """A NULL-terminated llama_model_tensor_buft_override[] for `overrides`, or None."""
+    if not overrides:
+        return None
+    arr = (_BuftOverride * (len(overrides) + 1))()
+    for i, (pattern, name) in enumerate(overrides):
+        arr[i].pattern = pattern.encode()
+        arr[i].buft = bufts[name]
+    return arr
+
+
+_BUFFER_LINE = re.compile(r"(\S+) model buffer size =\s*([\d.]+) MiB")
+
+
+@contextmanager
+def _capture_buffers():
+    """Collect llama.cpp's 'X model buffer size = N MiB' load lines into a dict."""
+    found: dict[str, float] = {}
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            m = _BUFFER_LINE.search(record.getMessage())
+            if m:
+                found[m.group(1)] = found.get(m.group(1), 0.0) + float(m.group(2))
+
+    handler, level = Grab(logging.DEBUG), log.level
+    log.addHandler(handler)
+    if not log.isEnabledFor(logging.DEBUG):
+        log.setLevel(logging.DEBUG)  # llama.cpp logs these at info; we route all to debug
+    try:
+        yield found
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 class LlamaModel:
     """A loaded GGUF model with its own context and KV cache (sequence 0)."""
 
@@ -126,14 +322,21 @@ class LlamaModel:
         *,
         n_ctx: int = 4096,
         n_threads: int | None = None,
-        n_gpu_layers: int = 0,
+        n_gpu_layers: int | None = None,
         n_batch: int = 512,
     ) -> None:
         self.path = Path(path)
         check_gguf_file(self.path)
         lc = self._lc = _llama()
+        n_gpu_layers = resolve_gpu_layers(n_gpu_layers)
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
+        self.placement, bufts = plan_placement(self.path, n_gpu_layers)
+        log.debug("%s: buffer types: %s", self.path.name, self.placement.reason)
+        mparams.use_extra_bufts = self.placement.use_extra_bufts
+        overrides = _override_array(self.placement.overrides, bufts)  # alive until loaded
+        if overrides is not None:
+            mparams.tensor_buft_overrides = ctypes.cast(overrides, ctypes.c_void_p)
         # While loading, drop the mapped pages already copied into repacked (or GPU) buffers,
         # so peak RSS is not file + copies; once more when loading is done.
         # SPECLI_RELEASE_PAGES=after (only after loading) or off: escape hatches.
@@ -152,7 +355,9 @@ class LlamaModel:
         if mode == "load":
             progress_cb = lc.llama_progress_callback(on_progress)  # alive until the load returns
             mparams.progress_callback = progress_cb
-        self._model = lc.llama_model_load_from_file(str(self.path).encode(), mparams)
+        with _capture_buffers() as buffers:
+            self._model = lc.llama_model_load_from_file(str(self.path).encode(), mparams)
+        self.buffers = buffers  # {"CPU_REPACK": MiB, "CPU_Mapped": MiB, "CUDA0": MiB, ...}
         if mode in ("load", "after"):
             release_file_pages(self.path)
         if not self._model:
@@ -176,6 +381,8 @@ class LlamaModel:
         self.n_batch = n_batch
         self.n_threads = threads
         self.n_gpu_layers = n_gpu_layers
+        self.placement_key = self.placement.key
+        self.device = device_label(self.buffers, n_gpu_layers)
         self._mem = lc.llama_get_memory(self._ctx)
         self._batch = lc.llama_batch_init(n_batch, 0, 1)
         self._init_batch_views()

@@ -18,6 +18,7 @@ only the pages of its metadata.
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import asdict, dataclass, field
@@ -56,6 +57,15 @@ _TOKEN_TYPE_NAMES = {1: "normal", 2: "unknown", 3: "control", 4: "user-defined",
 N_SHOWN_DIFFS = 5
 
 
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor descriptor: name, ggml type id, dimensions (ne[0] first, as ggml)."""
+
+    name: str
+    ggml_type: int
+    dims: tuple[int, ...]
+
+
 @dataclass
 class GGUFHeader:
     """The metadata table of a GGUF file and, when asked for, its tensor descriptors."""
@@ -66,6 +76,7 @@ class GGUFHeader:
     kv: dict[str, Any]
     file_size: int
     n_params: int | None = None  # sum of tensor element counts (only when tensors were read)
+    tensors: list[TensorInfo] | None = None  # descriptors (only when tensors were read)
 
     @property
     def architecture(self) -> str | None:
@@ -165,22 +176,21 @@ def _parse(buf: mmap.mmap, path: Path, size: int, tensors: bool) -> GGUFHeader:
         kv[key] = cur.value(cur.unpack("<I"), decode=key not in _SKIP_VALUES)
     header = GGUFHeader(path=path, version=version, n_tensors=n_tensors, kv=kv, file_size=size)
     if tensors:
-        header.n_params = _count_params(cur, n_tensors)
+        header.tensors = _read_tensors(cur, n_tensors)
+        header.n_params = sum(math.prod(t.dims) for t in header.tensors)
     return header
 
 
-def _count_params(cur: _Cursor, n_tensors: int) -> int:
-    total = 0
+def _read_tensors(cur: _Cursor, n_tensors: int) -> list[TensorInfo]:
+    out = []
     for _ in range(n_tensors):
-        cur.string(decode=False)
+        name = cur.string()
         n_dims = cur.unpack("<I")
-        count = 1
-        for _ in range(n_dims):
-            count *= cur.unpack("<Q")
-        cur.unpack("<I")  # ggml type
+        dims = tuple(cur.unpack("<Q") for _ in range(n_dims))
+        ggml_type = cur.unpack("<I")
         cur.unpack("<Q")  # data offset
-        total += count
-    return total
+        out.append(TensorInfo(name, ggml_type, dims))
+    return out
 
 
 # --------------------------------------------------------------------------- tokenizer
