@@ -50,6 +50,7 @@ class SpecConfig:
     seed: int = 0
     drafter: DrafterName = "model"
     k_max: int = 8  # upper bound used by k="auto"
+    strict: bool = False  # verify in batch-invariant chunks (see specli.numerics)
 
     def __post_init__(self) -> None:
         if self.k != "auto" and not (isinstance(self.k, int) and 0 <= self.k <= K_MAX):
@@ -81,7 +82,7 @@ class RuntimeConfig:
     n_ctx: int = 4096
     n_threads: int | None = None  # None: physical cores
     draft_n_threads: int | None = None  # None: same as n_threads
-    n_gpu_layers: int = 0
+    n_gpu_layers: int | None = None  # None: all when llama.cpp supports GPU offload, else 0
     draft_n_gpu_layers: int | None = None  # None: same as n_gpu_layers
     n_batch: int = 512
 

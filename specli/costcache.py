@@ -53,8 +53,10 @@ def model_key(model) -> str:
         build = getattr(llama_cpp, "__version__", "?")
     except Exception:  # noqa: BLE001 - the key only needs to be stable
         build = "?"
-    return (f"{path.name}|{size}|llama.cpp {build}|threads {getattr(model, 'n_threads', '?')}"
-            f"|gpu_layers {getattr(model, 'n_gpu_layers', 0)}|batch {getattr(model, 'n_batch', '?')}")
+    key = (f"{path.name}|{size}|llama.cpp {build}|threads {getattr(model, 'n_threads', '?')}"
+           f"|gpu_layers {getattr(model, 'n_gpu_layers', 0)}|batch {getattr(model, 'n_batch', '?')}")
+    placement = getattr(model, "placement_key", "")  # which kernels run: AMX or not, say
+    return f"{key}|{placement}" if placement else key
 
 
 def _valid(x) -> bool:
@@ -96,6 +98,8 @@ class CostCache:
             clean[str(key)] = {"t_verify": table}
             if _valid(entry.get("t_draft")):
                 clean[str(key)]["t_draft"] = float(entry["t_draft"])
+            if isinstance(entry.get("numerics"), dict):  # checked on use (numerics.from_dict)
+                clean[str(key)]["numerics"] = entry["numerics"]
         return clean
 
     def t_verify(self, key: str) -> dict[int, float]:
@@ -105,6 +109,14 @@ class CostCache:
 
     def t_draft(self, key: str) -> float | None:
         return self._models.get(key, {}).get("t_draft")
+
+    def numerics(self, key: str) -> dict | None:
+        """The target's batch-numerics measurement remembered here (specli.numerics)."""
+        return self._models.get(key, {}).get("numerics")
+
+    def set_numerics(self, key: str, value: dict) -> None:
+        self._models.setdefault(key, {})["numerics"] = value
+        self.dirty = True
 
     def update(self, key: str, t_verify: Mapping[int, float] | None = None,
                t_draft: float | None = None, *, replace: bool = False) -> None:

@@ -174,6 +174,15 @@ class VerifyCost:
         self._by_n = [WindowedMedian(0.0, window) for _ in range(n_max)]
         self._seeds: dict[int, float] = {}  # remembered from earlier runs (see seed)
         self._table: list[float] | None = None  # cached estimates, invalidated on observe
+        self._chunk: int | None = None  # strict mode: see set_chunk
+
+    def set_chunk(self, chunk: int | None) -> None:
+        """Strict mode verifies n tokens in decode calls of at most `chunk` tokens, so
+        t_v(n) is priced as the sum over those calls (observations stay per call). The
+        price assumes every chunk is decoded; a rejection that skips the last ones only
+        makes a round cheaper than priced."""
+        self._chunk = chunk
+        self._table = None
 
     def observe(self, n: int, seconds: float) -> None:
         """One decode call over n tokens took `seconds`."""
@@ -220,7 +229,11 @@ class VerifyCost:
     def table(self) -> list[float]:
         """Estimates for n = 1..n_max (index n - 1)."""
         if self._table is None:
-            self._table = self._estimate()
+            calls = self._estimate()
+            c = self._chunk
+            self._table = calls if not c else [
+                (n // c) * calls[c - 1] + (calls[n % c - 1] if n % c else 0.0)
+                for n in range(1, self.n_max + 1)]
         return list(self._table)
 
     def _estimate(self) -> list[float]:
@@ -429,7 +442,7 @@ class KPolicy:
         k: int,
         n_accepted: int,
         draft_seconds: float,
-        verify_seconds: float,
+        verify_seconds: float | None,
         *,
         draft_probs: Sequence[float] | None = None,
     ) -> None:
@@ -443,7 +456,8 @@ class KPolicy:
         """
         if not 0 <= k <= self.k_max:
             raise ValueError(f"k must be in 0..{self.k_max}, got {k}")
-        self.verify.observe(k + 1, verify_seconds)
+        if verify_seconds is not None:  # None: the caller observed each decode call itself
+            self.verify.observe(k + 1, verify_seconds)
         self.rounds += 1
         if k == 0:
             self._since_spec += 1
@@ -639,8 +653,10 @@ class NgramPolicy:
         """K as chosen by `best`, or 0 when a baseline round is due (see _baseline_due)."""
         return 0 if k > 0 and _baseline_due(self) else k
 
-    def observe_round(self, match_len: int, k: int, n_accepted: int, verify_seconds: float) -> None:
-        self.verify.observe(k + 1, verify_seconds)
+    def observe_round(self, match_len: int, k: int, n_accepted: int,
+                      verify_seconds: float | None) -> None:
+        if verify_seconds is not None:  # None: observed per decode call (strict mode)
+            self.verify.observe(k + 1, verify_seconds)
         self.rounds += 1
         if k == 0:
             self._since_baseline = 0
@@ -712,7 +728,15 @@ class AutoK:
 
     def observe_round(self, *, k: int, n_accepted: int, draft_seconds: float,
                       verify_seconds: float, source: str = "model",
-                      draft_probs: Sequence[float] | None = None) -> None:
+                      draft_probs: Sequence[float] | None = None,
+                      verify_calls: Sequence[tuple[int, float]] | None = None) -> None:
+        """Learn from one round. `verify_calls` lists (tokens, seconds) per target decode
+        call when verification took several (strict mode); the default is one call of
+        k + 1 tokens taking verify_seconds."""
+        if verify_calls is not None and len(verify_calls) != 1:
+            for n, seconds in verify_calls:
+                self.verify.observe(n, seconds)
+            verify_seconds = None  # already observed, per call
         if source == "ngram" or (source == "none" and self._source == "ngram"):
             self.ngram.observe_round(self._match_len, k, n_accepted, verify_seconds)
             return

@@ -154,6 +154,7 @@ def speculative_generate(
     spec: SpecConfig,
     policy=None,
     n_vocab: int | None = None,
+    verify_chunk: int | None = None,
 ) -> Iterator[Round | Done]:
     """Generate from `target`, drafting with `drafter`, as a stream of events.
 
@@ -162,10 +163,16 @@ def speculative_generate(
     (target.n_past, a common prefix the caller kept) are not decoded again.
     Ctrl-C (KeyboardInterrupt) inside the loop, or thrown in at a yield, ends the
     stream with Done(stop_reason="interrupted").
+
+    `verify_chunk` (strict mode): verify in decode calls of at most this many tokens,
+    decoding the next chunk only while every draft so far is accepted. With a chunk no
+    larger than the target's batch-invariant size (specli.numerics), every row of p and
+    every KV entry equals what single-token decoding (K = 0) computes, bit for bit.
     """
     run = _Run(target, drafter, list(prompt_tokens), sampling, spec,
                policy or FixedK(spec.k if isinstance(spec.k, int) else 0),
                n_vocab or target.n_vocab)
+    run.verify_chunk = verify_chunk
     return run.events()
 
 
@@ -179,6 +186,7 @@ class _Run:
         self.stats = Stats(prompt_tokens=len(prompt))
         self.detok = _Detok()
         self.text: list[str] = []
+        self.verify_chunk: int | None = None  # strict mode: see speculative_generate
 
     def events(self) -> Iterator[Round | Done]:
         stop: StopReason | None = None
@@ -242,19 +250,32 @@ class _Run:
                 if k > 0 else Proposal())
         t0 = time.perf_counter()
         pending = self.committed[self.target.n_past :]
-        rows = self.target.decode(pending + prop.tokens, len(prop.tokens) + 1)  # [k+1, V]
-        t1 = time.perf_counter()
-        verdict = self._verify(prop, rows[:, : self.n_vocab])
-        t2 = time.perf_counter()
-        return self._commit(k, prop, verdict, t1 - t0, t2 - t1)
+        tokens = pending + prop.tokens
+        if self.verify_chunk:  # strict: chunks decoded on demand inside verification
+            if len(pending) > 1:  # rows start at the last pending token (never the case
+                self.target.decode(pending[:-1], 0)  # after prefill; kept for safety)
+                tokens = tokens[len(pending) - 1 :]
+            rows = _ChunkedRows(self.target, tokens, self.verify_chunk, self.n_vocab)
+            verdict = self._verify(prop, rows)
+            t_verify = rows.seconds
+            calls = rows.calls
+        else:
+            batch = self.target.decode(tokens, len(prop.tokens) + 1)[:, : self.n_vocab]  # [k+1, V]
+            t_verify = time.perf_counter() - t0
+            calls = [(len(tokens), t_verify)]
+            verdict = self._verify(prop, batch)
+        t_sample = time.perf_counter() - t0 - t_verify
+        return self._commit(k, prop, verdict, t_verify, t_sample, calls)
 
-    def _verify(self, prop: Proposal, rows: np.ndarray) -> Verdict:
+    def _verify(self, prop: Proposal, rows) -> Verdict:
         if self.sampling.greedy:
-            return verify_greedy(prop.tokens, np.argmax(rows, axis=1))
+            argmax = (np.argmax(rows, axis=1) if isinstance(rows, np.ndarray)
+                      else _LazyArgmax(rows))  # strict: a chunk is decoded only when reached
+            return verify_greedy(prop.tokens, argmax)
         p_target = _LazyWarp(rows, self.sampling)  # rows past a rejection are never warped
         return verify(prop.tokens, prop.q, p_target, self.rng)
 
-    def _commit(self, k, prop, verdict, t_verify, t_sample) -> tuple[Round, StopReason | None]:
+    def _commit(self, k, prop, verdict, t_verify, t_sample, calls) -> tuple[Round, StopReason | None]:
         n = verdict.n_accepted
         new = prop.tokens[:n] + [verdict.token]
         kept, stop = [], None
@@ -280,7 +301,7 @@ class _Run:
         self.policy.observe_round(k=len(prop.tokens), n_accepted=n,
                                   draft_seconds=prop.seconds - prop.catchup_seconds,
                                   verify_seconds=t_verify, source=prop.source,
-                                  draft_probs=prop.q_probs)
+                                  draft_probs=prop.q_probs, verify_calls=calls)
         rnd = Round(self.stats.rounds, k, prop.source if prop.tokens else "none",
                     tuple(prop.tokens), verdict.accept_probs, n, verdict.token, verdict.bonus,
                     tuple(kept), pieces, rejected, prop.seconds, t_verify, t_sample)
@@ -298,6 +319,49 @@ class _Run:
         while len(s.accepted_hist) <= n:
             s.accepted_hist.append(0)
         s.accepted_hist[n] += 1
+
+
+class _ChunkedRows:
+    """Strict verification's target rows: decoded `chunk` tokens per call, on first use.
+
+    Row i (the target's p after tokens[:i+1]) is decoded together with the rest of its
+    chunk; verification stops at the first rejection, so later chunks are never decoded
+    and their positions never enter the KV cache. Rows are copied out of llama.cpp's
+    buffer, which the next decode call overwrites.
+    """
+
+    def __init__(self, target, tokens: Sequence[int], chunk: int, n_vocab: int) -> None:
+        self.target, self.tokens, self.chunk, self.n_vocab = target, list(tokens), chunk, n_vocab
+        self.rows: list[np.ndarray] = []
+        self.calls: list[tuple[int, float]] = []  # (tokens, seconds) per decode call
+        self.seconds = 0.0
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        while len(self.rows) <= i:
+            part = self.tokens[len(self.rows) : len(self.rows) + self.chunk]
+            t0 = time.perf_counter()
+            out = self.target.decode(part, len(part))[:, : self.n_vocab]  # [len(part), V]
+            dt = time.perf_counter() - t0
+            self.seconds += dt
+            self.calls.append((len(part), dt))
+            self.rows.extend(np.array(out))
+        return self.rows[i]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+class _LazyArgmax:
+    """argmax of each row, computed when verify_greedy reaches it."""
+
+    def __init__(self, rows) -> None:
+        self.rows = rows
+
+    def __getitem__(self, i: int) -> int:
+        return int(np.argmax(self.rows[i]))
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 class _LazyWarp:

@@ -224,7 +224,23 @@ def footer(summary: dict) -> Text:
 
 def report(summary: dict) -> Group:
     return Group(results_table(summary), Text(LEGEND, style="dim"), auto_choices(summary), bar_chart(summary),
-                 cost_model(summary), recommendation(summary), footer(summary))
+                 cost_model(summary), numerics_line(summary), recommendation(summary), footer(summary))
+
+
+def numerics_line(summary: dict) -> Text:
+    """The batch-numerics gap of the target here, and whether the rows ran --strict."""
+    bn = summary.get("batch_numerics")
+    if not bn:
+        return Text("")
+    inv, tv = bn["invariant_up_to"], bn["tv"]
+    worst = max(tv.values(), default=0.0)
+    text = (f"batch numerics: verify batches of up to {inv} tokens compute the target's "
+            f"single-token logits bit for bit; larger ones differ by TV up to {worst:.4f}")
+    if inv >= bn["n_max"]:
+        text = f"batch numerics: every verify batch up to {inv} tokens is bit-identical to single-token decoding"
+    if summary.get("strict"):
+        text += f" · --strict: verified in chunks of {summary.get('verify_chunk')}"
+    return Text(text, style="dim")
 
 
 def print_report(console: Console, summary: dict) -> None:

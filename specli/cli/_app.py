@@ -56,11 +56,14 @@ ThreadsOpt = Annotated[Optional[int], typer.Option(
     "--threads", help="CPU threads per model (default: physical cores).", rich_help_panel="Runtime")]
 DraftThreadsOpt = Annotated[Optional[int], typer.Option(
     "--draft-threads", help="CPU threads for the draft (default: --threads).", rich_help_panel="Runtime")]
-NglOpt = Annotated[int, typer.Option(
-    "--n-gpu-layers", "-ngl", help="Target layers to offload to the GPU (-1 = all; needs a Metal/CUDA build).",
+NglOpt = Annotated[Optional[int], typer.Option(
+    "--n-gpu-layers", "-ngl", help="Target layers to offload to the GPU (-1 = all, 0 = CPU only; default: all when llama.cpp was built with GPU support, else 0).",
     rich_help_panel="Runtime")]
 DraftNglOpt = Annotated[Optional[int], typer.Option(
     "--draft-n-gpu-layers", help="Draft layers on the GPU (default: --n-gpu-layers).", rich_help_panel="Runtime")]
+StrictOpt = Annotated[bool, typer.Option(
+    "--strict", help="Verify in batches small enough that the target computes bit for bit the logits it computes alone (K = 0): exact with respect to --k 0 on this machine's kernels, at some cost (see README, How exactness works).",
+    rich_help_panel="Speculation")]
 SystemOpt = Annotated[Optional[str], typer.Option("--system", help="System prompt.", rich_help_panel="Prompt")]
 
 

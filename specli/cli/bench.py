@@ -5,14 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from specli.cli._app import (CtxOpt, DraftNglOpt, DraftOpt, DraftThreadsOpt, ForceOpt, MinPOpt,
-                             NglOpt, PairOpt, SeedOpt, SystemOpt, TargetOpt, TempOpt, ThreadsOpt,
+                             NglOpt, PairOpt, StrictOpt, SeedOpt, SystemOpt, TargetOpt, TempOpt, ThreadsOpt,
                              TopKOpt, TopPOpt, app)
 from specli.cli.common import consoles, open_generation, split_draft_option
 from specli.errors import UsageError
@@ -72,8 +72,9 @@ def bench_cmd(
     ctx: CtxOpt = 4096,
     threads: ThreadsOpt = None,
     draft_threads: DraftThreadsOpt = None,
-    n_gpu_layers: NglOpt = 0,
+    n_gpu_layers: NglOpt = None,
     draft_n_gpu_layers: DraftNglOpt = None,
+    strict: StrictOpt = False,
     json_file: Annotated[Optional[str], typer.Option(
         "--json", metavar="[FILE]",
         help="Write {results, summary} as JSON to FILE; bare --json (or '-') prints it to stdout.",
@@ -99,10 +100,15 @@ def bench_cmd(
         force=force, k=k_load,
         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
         max_tokens=max_tokens, ctx=ctx, threads=threads, draft_threads=draft_threads,
-        n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers,
+        n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers, strict=strict,
     ) as gen:
         tokens = [gen.prompt_tokens(p.prompt, system=system, raw=raw) for p in items]
-        meta = {"target": str(gen.paths.target),
+        numerics = gen.numerics(fresh=True)  # the batch-numerics gap of this target, here
+        if strict:
+            cfg = replace(cfg, verify_chunk=gen.verify_chunk())
+        meta = {"batch_numerics": numerics.to_dict(), "strict": strict,
+                "verify_chunk": cfg.verify_chunk, "device": gen.where(),
+                "target": str(gen.paths.target),
                 "draft": str(gen.paths.draft) if gen.paths.draft and gen.loaded.draft else None,
                 "sampling": asdict(gen.sampling),
                 "threads": gen.loaded.target.n_threads, "prompts": [p.id for p in items]}

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from specli.cli._app import (CtxOpt, DraftNglOpt, DraftOpt, DrafterOpt, DraftThreadsOpt, ForceOpt,
-                             KOpt, MaxTokOpt, MinPOpt, NglOpt, PairOpt, SeedOpt, SystemOpt,
+                             KOpt, MaxTokOpt, MinPOpt, NglOpt, PairOpt, StrictOpt, SeedOpt, SystemOpt,
                              TargetOpt, TempOpt, ThreadsOpt, TopKOpt, TopPOpt, app)
 from specli.cli.common import consoles, open_generation
 from specli.errors import UsageError
@@ -47,8 +47,9 @@ def chat_cmd(
     ctx: CtxOpt = 4096,
     threads: ThreadsOpt = None,
     draft_threads: DraftThreadsOpt = None,
-    n_gpu_layers: NglOpt = 0,
+    n_gpu_layers: NglOpt = None,
     draft_n_gpu_layers: DraftNglOpt = None,
+    strict: StrictOpt = False,
     system: SystemOpt = None,
     load: Annotated[Optional[Path], typer.Option(
         "--load", help="Resume the conversation saved in this JSON transcript.",
@@ -75,7 +76,7 @@ def chat_cmd(
         err, pair=pair, target=target, draft=draft, drafter=drafter, force=force, k=k,
         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
         max_tokens=max_tokens, ctx=ctx, threads=threads, draft_threads=draft_threads,
-        n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers,
+        n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers, strict=strict,
     ) as gen:
         session = ChatSession(gen, out=out, err=err, system=system, transcript=transcript,
                               save_path=save, show="plain" if plain else show,

@@ -67,6 +67,7 @@ class Generation:
         self.err = err
         self._drafters: dict = {}  # one per sampling config: q must be warped as p is
         self._costs = None  # costcache.CostCache, opened on first use
+        self._numerics = None  # numerics.BatchNumerics, measured on first use
 
     @property
     def costs(self):
@@ -96,7 +97,16 @@ class Generation:
 
     def title(self) -> str:
         d = self.paths.draft.name if self.paths.draft and self.loaded.draft else self.drafter_name
-        return f"specli · {self.paths.target.name} ← {d} · K {self.spec.k}"
+        strict = " · strict" if self.spec.strict else ""
+        return f"specli · {self.paths.target.name} ← {d} · K {self.spec.k}{strict} · {self.where()}"
+
+    def where(self) -> str:
+        """Where each model runs: 'on CPU', or 'target on CUDA0, draft on CPU'."""
+        t = getattr(self.loaded.target, "device", "CPU")
+        d = getattr(self.loaded.draft, "device", None) if self.loaded.draft else None
+        if d is None or d == t:
+            return f"on {t}"
+        return f"target on {t}, draft on {d}"
 
     def prompt_tokens(self, text: str, *, system: str | None = None, raw: bool = False) -> list[int]:
         from specli.prompt import build_prompt
@@ -131,9 +141,30 @@ class Generation:
         sampling = sampling or self.sampling
         drafter = self.drafter(sampling) if spec.k != 0 else None
         policy = self.policy(spec, drafter)
+        chunk = self.verify_chunk() if spec.strict and spec.k != 0 else None
+        if chunk and hasattr(policy, "verify"):
+            policy.verify.set_chunk(chunk)  # --k auto prices the chunk sequence
         events = speculative_generate(self.loaded.target, drafter, tokens, sampling,
-                                      spec, policy=policy, n_vocab=self.loaded.n_vocab)
+                                      spec, policy=policy, n_vocab=self.loaded.n_vocab,
+                                      verify_chunk=chunk)
         return _remembering(events, lambda: self.remember(policy))
+
+    def numerics(self, fresh: bool = False):
+        """The target's batch-numerics gap on this machine: remembered, else measured (and
+        always measured when `fresh`, under this command's sampling settings)."""
+        if self._numerics is None or fresh:
+            from specli.config import K_MAX
+            from specli.numerics import cached_or_measure
+
+            with self.err.status("measuring the target's batch numerics", spinner="dots"):
+                self._numerics = cached_or_measure(self.loaded.target, self.costs,
+                                                   min(K_MAX, NUMERICS_N_MAX), self.sampling,
+                                                   fresh=fresh)
+        return self._numerics
+
+    def verify_chunk(self) -> int:
+        """Strict mode's largest verify call: the target's bit-identical batch size."""
+        return max(1, self.numerics().invariant_up_to)
 
 
 def _remembering(events, on_done):
@@ -145,6 +176,7 @@ def _remembering(events, on_done):
 
 
 DRAFTER_NAMES = ("model", "ngram", "auto")
+NUMERICS_N_MAX = 9  # batch sizes 2..9 are compared (--k auto drafts up to 8 model tokens)
 
 
 def split_draft_option(draft: str | None, drafter: str) -> tuple[str | None, str]:
@@ -164,13 +196,14 @@ def split_draft_option(draft: str | None, drafter: str) -> tuple[str | None, str
 @contextmanager
 def open_generation(err: Console, *, pair, target, draft, drafter, force, k, temperature, top_k,
                     top_p, min_p, seed, max_tokens, ctx, threads, draft_threads, n_gpu_layers,
-                    draft_n_gpu_layers) -> Iterator[Generation]:
+                    draft_n_gpu_layers, strict: bool = False) -> Iterator[Generation]:
     """Validate options, resolve and load the models, and close them afterwards."""
     from specli.session import load_models, resolve_paths
 
     draft, drafter = split_draft_option(draft, drafter)
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
-    spec = SpecConfig(k=parse_k(k), max_tokens=max_tokens, seed=seed, drafter=drafter)
+    spec = SpecConfig(k=parse_k(k), max_tokens=max_tokens, seed=seed, drafter=drafter,
+                      strict=strict)
     runtime = RuntimeConfig(n_ctx=ctx, n_threads=threads, draft_n_threads=draft_threads,
                             n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers)
     if drafter not in ("model", "ngram", "auto"):

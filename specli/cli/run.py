@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from specli.cli._app import (CtxOpt, DraftNglOpt, DraftOpt, DrafterOpt, DraftThreadsOpt, ForceOpt,
-                             KOpt, MaxTokOpt, MinPOpt, NglOpt, PairOpt, SeedOpt, SystemOpt,
+                             KOpt, MaxTokOpt, MinPOpt, NglOpt, PairOpt, StrictOpt, SeedOpt, SystemOpt,
                              TargetOpt, TempOpt, ThreadsOpt, TopKOpt, TopPOpt, app)
 from specli.errors import UsageError
 from specli.cli.common import consoles, open_generation, read_prompt, round_record
@@ -54,8 +54,9 @@ def run_cmd(
     ctx: CtxOpt = 4096,
     threads: ThreadsOpt = None,
     draft_threads: DraftThreadsOpt = None,
-    n_gpu_layers: NglOpt = 0,
+    n_gpu_layers: NglOpt = None,
     draft_n_gpu_layers: DraftNglOpt = None,
+    strict: StrictOpt = False,
     system: SystemOpt = None,
     raw: Annotated[bool, typer.Option("--raw", help="Skip the chat template: feed the prompt as is.",
                                       rich_help_panel="Prompt")] = False,
@@ -74,7 +75,7 @@ def run_cmd(
         err, pair=pair, target=target, draft=draft, drafter=drafter, force=force, k=k,
         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
         max_tokens=max_tokens, ctx=ctx, threads=threads, draft_threads=draft_threads,
-        n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers,
+        n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers, strict=strict,
     ) as gen:
         tokens = gen.prompt_tokens(text, system=system, raw=raw)
         events = gen.generate(tokens)
@@ -136,5 +137,8 @@ def _json_result(gen, done, rounds) -> dict:
             "max_tokens": gen.spec.max_tokens,
             "target": str(gen.paths.target),
             "draft": str(gen.paths.draft) if gen.paths.draft else None,
+            "strict": gen.spec.strict,
+            "device": {"target": getattr(gen.loaded.target, "device", "CPU"),
+                       "draft": getattr(gen.loaded.draft, "device", None) if gen.loaded.draft else None},
         },
     }
