@@ -1,11 +1,10 @@
-"""The chat session: history, template, KV reuse between turns, slash commands, transcripts.
+"""The chat REPL: history, slash commands, transcripts, and the live view of each reply.
 
-Each turn renders the whole conversation with the target's chat template and tokenizes it
-once, with the target's tokenizer. Both models keep their KV caches between turns and
-`reuse_prefix` keeps the longest common prefix, so only the tokens after it are decoded,
-even when the template re-renders earlier turns differently. When the conversation no
-longer fits the context, the oldest turns leave the context (the system prompt stays);
-the transcript keeps every message.
+What a reply does with the models (template, tokens, KV reuse between turns, trimming
+the oldest turns when the conversation no longer fits) is the conversation core's
+(specli.conversation), which the HTTP server reads too; this module reads and writes
+around it. When the conversation no longer fits the context, the oldest turns leave the
+context (the system prompt stays); the transcript keeps every message.
 
 No typer here: the session reads lines through an injected `read(prompt) -> str`
 (raising EOFError at the end and KeyboardInterrupt on Ctrl-C) and writes through two Rich
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from specli.config import SamplingConfig, SpecConfig, parse_k
+from specli.conversation import Conversation, Turn
 from specli.errors import SpecliError, UsageError
 
 PROMPT, CONTINUE = ">>> ", "... "
@@ -123,57 +123,7 @@ def save_transcript(path: Path, transcript: Transcript) -> None:
         raise
 
 
-# --- prompt tokens ----------------------------------------------------------------------
-def tokenize_conversation(model, template, messages: list[dict],
-                          reply_tokens: list[tuple[int, ...] | None]) -> list[int]:
-    """Render and tokenize `messages`, splicing in the generated tokens of earlier replies.
-
-    `reply_tokens[i]` holds the tokens the models generated for the i-th non-system message
-    (None if unknown: a user message, or a reply loaded from a file). Each such reply is
-    rendered as a placeholder; the text between placeholders is tokenized on its own and
-    the reply's own tokens go in between, so the prompt repeats what is in the KV caches.
-    If the template alters the content (trims it, drops old turns' reasoning...), the
-    placeholders do not survive intact and the whole text is tokenized as usual.
-    """
-    from specli.prompt import tokenize_chat
-
-    offset = len(messages) - len(reply_tokens)  # a leading system message has no entry
-    marks = {offset + i: f"\x00specli-reply-{i}\x00" for i, t in enumerate(reply_tokens) if t}
-    if not marks:
-        return tokenize_chat(model, template, messages)
-    marked = [dict(m, content=marks[i]) if i in marks else m for i, m in enumerate(messages)]
-    text = template.render(marked)
-    plain = template.render(messages)
-    pieces, order, rest = [], [], text
-    for i, mark in marks.items():
-        before, found, rest = rest.partition(mark)
-        if not found:
-            break
-        pieces.append(before)
-        order.append(i)
-    restored = "".join(p + messages[i]["content"] for p, i in zip(pieces, order)) + rest
-    if len(order) != len(marks) or restored != plain:
-        return tokenize_chat(model, template, messages)
-    add_bos = model.adds_bos and not (template.bos_token and text.startswith(template.bos_token))
-    tokens: list[int] = []
-    for n, (piece, i) in enumerate(zip(pieces, order)):
-        tokens += model.tokenize(piece, add_special=add_bos and n == 0, parse_special=True)
-        tokens += reply_tokens[i - offset]
-    return tokens + model.tokenize(rest, add_special=False, parse_special=True)
-
-
 # --- statistics -------------------------------------------------------------------------
-@dataclass
-class Turn:
-    """What one reply cost. prompt_evaluated counts the prompt tokens the target decoded."""
-
-    prompt_tokens: int
-    prompt_evaluated: int
-    draft_evaluated: int | None  # None when no draft model ran this turn
-    stop_reason: str
-    stats: object  # engine.Stats
-
-
 @dataclass
 class Totals:
     turns: int = 0
@@ -333,9 +283,8 @@ class ChatSession:
                  transcript: Transcript | None = None, save_path: Path | None = None,
                  show: str = "rejected", interactive: bool = True,
                  live_footer: bool = True, while_replying: Callable = nullcontext) -> None:
-        from specli.prompt import ChatTemplate
-
         self.gen, self.out, self.err = gen, out, err
+        self.core = Conversation(gen)  # template, tokens, KV reuse, trimming, K policies
         self.target = gen.loaded.target
         self.chat = transcript or Transcript()
         if system is not None:
@@ -349,13 +298,12 @@ class ChatSession:
         self.spec: SpecConfig = gen.spec
         self.seed = gen.spec.seed
         self.n_replies = 0  # replies since the seed was set: reply i uses seed + i
-        self.template = ChatTemplate.of(self.target)
+        self.template = self.core.template
         if self.template.is_fallback:
             err.print("[yellow]warning:[/] the target has no chat template; using a plain "
                       "'User:/Assistant:' format (see README)")
         self.turns: list[Turn] = []
         self.totals = Totals()
-        self._policies: dict = {}  # --k auto keeps what it measured across turns
         self.on_round: Callable | None = None  # test hook: called after each rendered round
 
     # --- the loop ---------------------------------------------------------------------
@@ -399,33 +347,29 @@ class ChatSession:
                        for m in self.chat.messages[self.chat.start:]]
 
     def prompt_tokens(self) -> list[int]:
-        msgs = self.chat.messages[self.chat.start:]
-        return tokenize_conversation(self.target, self.template, self.context(),
-                                     [m.get("tokens") for m in msgs] if msgs else [])
+        return self.core.tokens(self._context_with_tokens(self.chat.start))
+
+    def _context_with_tokens(self, start: int) -> list[dict]:
+        """The system prompt and messages[start:], replies with the tokens they were generated as."""
+        head = [{"role": "system", "content": self.chat.system}] if self.chat.system else []
+        return head + self.chat.messages[start:]
 
     def fit(self) -> list[int] | None:
         """Tokens of the conversation, dropping the oldest turns until it fits with room to reply."""
-        n_ctx = self.target.n_ctx
-        room = min(self.spec.max_tokens, n_ctx // 4)
-        dropped = 0
-        tokens = self.prompt_tokens()
-        while len(tokens) + room > n_ctx:
-            nxt = next((i for i in range(self.chat.start + 1, len(self.chat.messages))
-                        if self.chat.messages[i]["role"] == "user"), None)
-            if nxt is None:
-                break
-            dropped += nxt - self.chat.start
-            self.chat.start = nxt
-            tokens = self.prompt_tokens()
-        if dropped:
+        head = 1 if self.chat.system else 0
+        fitted = self.core.fit(self._context_with_tokens(0), self.chat.start + head,
+                               self.spec.max_tokens)
+        self.chat.start = fitted.start - head
+        if fitted.dropped:
             kept = " (the system prompt is kept)" if self.chat.system else ""
-            self.err.print(f"[yellow]context full:[/] dropped the oldest {dropped} "
-                           f"message{'s' if dropped > 1 else ''} from the context{kept}")
-        if len(tokens) >= n_ctx:
-            self.err.print(f"[red]this message does not fit:[/] the prompt is {len(tokens)} "
+            self.err.print(f"[yellow]context full:[/] dropped the oldest {fitted.dropped} "
+                           f"message{'s' if fitted.dropped > 1 else ''} from the context{kept}")
+        n_ctx = self.target.n_ctx
+        if len(fitted.tokens) >= n_ctx:
+            self.err.print(f"[red]this message does not fit:[/] the prompt is {len(fitted.tokens)} "
                            f"tokens and the context {n_ctx} (raise --ctx); not sent")
             return None
-        return tokens
+        return fitted.tokens
 
     def reply(self) -> Turn | None:
         """Answer the conversation as it stands (its last message is the user's)."""
@@ -439,30 +383,16 @@ class ChatSession:
             return None
         spec = replace(self.spec, seed=self.seed + self.n_replies)
         try:
-            drafter, policy = self._drafter_policy(spec, self.sampling)
+            reply = self.core.reply(tokens, spec, self.sampling)
         except SpecliError as e:
             self._error(e)
             self.chat.messages.pop()
             return None
         self.n_replies += 1
-        # Keep the longest cached prefix now, to count what is evaluated; the engine's own
-        # reuse_prefix then finds nothing more to drop.
-        evaluated = len(tokens) - self.target.reuse_prefix(tokens)
-        draft_model = _draft_model(drafter) if spec.k != 0 else None
-        draft_evaluated = (len(tokens) - draft_model.reuse_prefix(tokens)
-                           if draft_model is not None else None)
-        from specli.engine import speculative_generate
-
-        events = speculative_generate(self.target, drafter, tokens, self.sampling, spec,
-                                      policy=policy, n_vocab=self.gen.loaded.n_vocab)
-        done = self._stream(events, spec)
+        done = self._stream(reply, spec)
         self.out.file.flush()
-        if policy is not None:
-            self.gen.remember(policy)  # --k auto: what this reply measured, for the next run
-        if done is None or done.stop_reason == "interrupted":
-            for model in (self.target, draft_model):
-                _drop_uncounted_cells(model)
-        if done is None:  # an error in the engine, reported already
+        turn = reply.finish(done)  # keeps --k auto's costs; resyncs the caches after Ctrl-C
+        if turn is None:  # an error in the engine, reported already
             self.chat.messages.pop()
             return None
         # The reply's own tokens are kept (in memory only) so that the next prompt holds
@@ -471,29 +401,12 @@ class ChatSession:
         if done.stop_reason == "interrupted":
             msg["interrupted"] = True
         self.chat.messages.append(msg)
-        turn = Turn(len(tokens), evaluated, draft_evaluated, done.stop_reason, done.stats)
         self.turns.append(turn)
         self.totals.add(turn)
         self._after_reply(done, turn)
         return turn
 
-    def _drafter_policy(self, spec: SpecConfig, sampling: SamplingConfig):
-        """A fresh drafter for this reply, warping exactly as the target does (same sampling).
-
-        Fresh each reply: the KV state lives in the models, and an n-gram index built
-        for an earlier conversation (before /retry, /reset or trimming) would be stale.
-        """
-        if spec.k == 0:
-            return None, None
-        from specli.session import make_drafter
-
-        drafter = make_drafter(self.gen.loaded, self.gen.drafter_name, sampling)
-        key = (spec.k, spec.k_max, self.gen.drafter_name, sampling)
-        if key not in self._policies:
-            self._policies[key] = self.gen.policy(spec, drafter)  # --k auto: remembered costs
-        return drafter, self._policies[key]
-
-    def _stream(self, events, spec):
+    def _stream(self, reply, spec):
         from specli.engine import Done
         from specli.render import LiveView
 
@@ -503,7 +416,7 @@ class ChatSession:
         try:
             with self.while_replying(), view:
                 try:
-                    for ev in events:
+                    for ev in reply.events:
                         if isinstance(ev, Done):
                             done = ev
                             break
@@ -512,7 +425,7 @@ class ChatSession:
                         if self.on_round is not None:
                             self.on_round(ev)
                 except KeyboardInterrupt:
-                    done = _throw_interrupt(events)
+                    done = reply.interrupt()
         except SpecliError as e:
             self._error(e)
             return None
@@ -599,7 +512,7 @@ class ChatSession:
             self.err.print(f"K = {self.spec.k}")
             return
         spec = replace(self.spec, k=parse_k(arg))
-        self._drafter_policy(spec, self.sampling)  # fails here if no draft model is loaded
+        self.core.drafter_policy(spec, self.sampling)  # fails here if no draft model is loaded
         self.spec = spec
         self.err.print(f"K = {spec.k}")
 
@@ -654,32 +567,4 @@ class ChatSession:
             raise UsageError(f"/show takes {', '.join(SHOW_MODES)}; got {arg!r}")
         self.show = arg
         self.err.print(f"show {arg}")
-
-
-def _draft_model(drafter):
-    """The draft LlamaModel a drafter decodes with, or None (n-gram drafting)."""
-    if drafter is None:
-        return None
-    return getattr(drafter, "model", None) or getattr(
-        getattr(drafter, "model_drafter", None), "model", None)
-
-
-def _drop_uncounted_cells(model) -> None:
-    """After Ctrl-C, make the KV cache hold exactly `model.tokens` again.
-
-    A Ctrl-C during llama_decode raises as soon as the call returns, before the backend
-    records the tokens: the cache then holds cells past n_past, and the next decode at
-    n_past fails. truncate(n) clears every cell >= n, so giving up the last counted token
-    (decoded again next turn) clears those too.
-    """
-    if model is not None and model.n_past > 0:
-        model.truncate(model.n_past - 1)
-
-
-def _throw_interrupt(events):
-    """Ctrl-C landed outside the engine (while rendering): let the engine end the stream."""
-    try:
-        return events.throw(KeyboardInterrupt)
-    except (KeyboardInterrupt, StopIteration):
-        return None
 

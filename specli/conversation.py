@@ -1,0 +1,272 @@
+"""The conversation core: messages -> chat template -> tokens -> engine, reusing the KV caches.
+
+Read by the chat REPL (specli.chat) and the HTTP server (specli.server) alike; both only
+read and write around it. Each reply renders the whole conversation with the target's
+chat template and tokenizes it once, with the target's tokenizer. Both models keep their
+KV caches between replies and `reuse_prefix` keeps the longest common prefix, so only the
+tokens after it are decoded, even when the template re-renders earlier turns differently.
+An assistant message may carry the `tokens` it was generated as: they are spliced into
+the prompt, so the prompt repeats exactly what is in the caches. When a conversation no
+longer fits the context, `fit` drops the oldest turns (system messages stay).
+
+Nothing here prints or imports the engine's readers; errors are SpecliErrors.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
+from specli.config import SamplingConfig, SpecConfig
+from specli.errors import ContextFullError
+
+MAX_POLICIES = 32  # K policies kept (one per K and sampling setting), oldest dropped first
+
+
+# --- prompt tokens ----------------------------------------------------------------------
+def tokenize_conversation(model, template, messages: Sequence[dict]) -> list[int]:
+    """Render and tokenize `messages`, splicing in the generated tokens of earlier replies.
+
+    A message with a non-empty `tokens` entry (a reply the models generated) is rendered
+    as a placeholder; the text between placeholders is tokenized on its own and the
+    reply's own tokens go in between, so the prompt repeats what is in the KV caches. If
+    the template alters the content (trims it, drops old turns' reasoning...), the
+    placeholders do not survive intact and the whole text is tokenized as usual.
+    """
+    from specli.prompt import tokenize_chat
+
+    plain_msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+    marks = {i: f"\x00specli-reply-{i}\x00" for i, m in enumerate(messages) if m.get("tokens")}
+    if not marks:
+        return tokenize_chat(model, template, plain_msgs)
+    marked = [dict(m, content=marks[i]) if i in marks else m for i, m in enumerate(plain_msgs)]
+    text = template.render(marked)
+    plain = template.render(plain_msgs)
+    pieces, order, rest = [], [], text
+    for i, mark in marks.items():
+        before, found, rest = rest.partition(mark)
+        if not found:
+            break
+        pieces.append(before)
+        order.append(i)
+    restored = "".join(p + plain_msgs[i]["content"] for p, i in zip(pieces, order)) + rest
+    if len(order) != len(marks) or restored != plain:
+        return tokenize_chat(model, template, plain_msgs)
+    add_bos = model.adds_bos and not (template.bos_token and text.startswith(template.bos_token))
+    tokens: list[int] = []
+    for n, (piece, i) in enumerate(zip(pieces, order)):
+        tokens += model.tokenize(piece, add_special=add_bos and n == 0, parse_special=True)
+        tokens += messages[i]["tokens"]
+    return tokens + model.tokenize(rest, add_special=False, parse_special=True)
+
+
+def raw_tokens(model, text: str) -> list[int]:
+    """A prompt fed as is, without the chat template (as `run --raw` feeds it)."""
+    from specli.prompt import build_prompt
+
+    return build_prompt(model, text, raw=True)[0]
+
+
+# --- one reply --------------------------------------------------------------------------
+@dataclass
+class Turn:
+    """What one reply cost. prompt_evaluated counts the prompt tokens the target decoded."""
+
+    prompt_tokens: int
+    prompt_evaluated: int
+    draft_evaluated: int | None  # None when no draft model ran this turn
+    stop_reason: str
+    stats: object  # engine.Stats
+
+
+@dataclass
+class Fitted:
+    """A conversation's prompt after trimming: its tokens and the first message kept."""
+
+    tokens: list[int]
+    start: int  # index of the first non-system message still in the context
+    dropped: int  # messages dropped by this fit
+
+
+class Reply:
+    """One generation over a prompt: the engine's events, and the bookkeeping around them.
+
+    Iterate `events` (Round events, then a Done); `interrupt()` ends the stream early
+    with a Done; `finish(done)` must follow, whatever happened: it keeps --k auto's
+    measured costs and leaves both KV caches consistent for the next reply.
+    """
+
+    def __init__(self, conv: "Conversation", tokens: list[int], spec: SpecConfig,
+                 sampling: SamplingConfig, drafter_name: str | None = None) -> None:
+        from specli.engine import speculative_generate
+
+        drafter, self.policy = conv.drafter_policy(spec, sampling, drafter_name)
+        self.conv, self.prompt_tokens = conv, len(tokens)
+        target = conv.target
+        # Keep the longest cached prefix now, to count what is evaluated; the engine's own
+        # reuse_prefix then finds nothing more to drop.
+        self.prompt_evaluated = len(tokens) - target.reuse_prefix(tokens)
+        self.draft_model = _draft_model(drafter) if spec.k != 0 else None
+        self.draft_evaluated = (len(tokens) - self.draft_model.reuse_prefix(tokens)
+                                if self.draft_model is not None else None)
+        self.events = speculative_generate(target, drafter, tokens, sampling, spec,
+                                           policy=self.policy, n_vocab=conv.gen.loaded.n_vocab)
+
+    @property
+    def prompt_reused(self) -> int:
+        """Prompt tokens the target took from its cache instead of decoding them."""
+        return self.prompt_tokens - self.prompt_evaluated
+
+    def interrupt(self):
+        """Stop between rounds: the engine ends its stream with Done("interrupted")."""
+        return _throw_interrupt(self.events)
+
+    def finish(self, done) -> Turn | None:
+        """After the stream: remember costs, resync the caches; the Turn (None if no Done)."""
+        if self.policy is not None:
+            self.conv.gen.remember(self.policy)  # --k auto: what this reply measured, for the next
+        if done is None or done.stop_reason == "interrupted":
+            for model in (self.conv.target, self.draft_model):
+                _drop_uncounted_cells(model)
+        if done is None:
+            return None
+        return Turn(self.prompt_tokens, self.prompt_evaluated, self.draft_evaluated,
+                    done.stop_reason, done.stats)
+
+
+class Conversation:
+    """A loaded pair (a cli.common.Generation) answering conversations, one reply at a time.
+
+    Holds what carries over between replies: the chat template and, per K and sampling
+    setting, the --k auto policy with what it measured. The KV caches live in the models.
+    """
+
+    def __init__(self, gen) -> None:
+        from specli.prompt import ChatTemplate
+
+        self.gen = gen
+        self.target = gen.loaded.target
+        self.template = ChatTemplate.of(self.target)
+        self._policies: dict = {}  # --k auto keeps what it measured across replies
+
+    def tokens(self, messages: Sequence[dict]) -> list[int]:
+        """The prompt of `messages` (dicts with role, content, and maybe the reply's tokens)."""
+        return tokenize_conversation(self.target, self.template, messages)
+
+    def fit(self, messages: Sequence[dict], start: int, max_tokens: int) -> Fitted:
+        """The prompt of messages[start:] (system messages always kept), dropping the
+        oldest turns until it fits with room to reply. A conversation that cannot fit
+        even with one user message left is returned as is: check it with `check_fits`."""
+        n_ctx = self.target.n_ctx
+        room = min(max_tokens, n_ctx // 4)
+        first = start
+        tokens = self.tokens(_in_context(messages, start))
+        while len(tokens) + room > n_ctx:
+            nxt = next((i for i in range(start + 1, len(messages))
+                        if messages[i]["role"] == "user"), None)
+            if nxt is None:
+                break
+            start = nxt
+            tokens = self.tokens(_in_context(messages, start))
+        dropped = sum(1 for m in messages[first:start] if m["role"] != "system")
+        return Fitted(tokens, start, dropped)
+
+    def check_fits(self, tokens: Sequence[int]) -> None:
+        """ContextFullError when a prompt leaves no room for a single new token."""
+        n_ctx = self.target.n_ctx
+        if len(tokens) >= n_ctx:
+            raise ContextFullError(f"the prompt is {len(tokens)} tokens and the context "
+                                   f"{n_ctx}; it does not fit")
+
+    def reply(self, tokens: list[int], spec: SpecConfig, sampling: SamplingConfig,
+              drafter_name: str | None = None) -> Reply:
+        """Start generating the reply to `tokens` (see Reply for the protocol).
+
+        `drafter_name` (model, ngram, auto) defaults to the loaded pair's own setting.
+        """
+        return Reply(self, tokens, spec, sampling, drafter_name)
+
+    def drafter_policy(self, spec: SpecConfig, sampling: SamplingConfig,
+                       drafter_name: str | None = None):
+        """A fresh drafter for this reply, warping exactly as the target does (same sampling).
+
+        Fresh each reply: the KV state lives in the models, and its n-gram index is built
+        from the whole prompt, so it always covers the conversation as it stands now
+        (after a retry, a reset or trimming, an older index would be stale).
+        """
+        if spec.k == 0:
+            return None, None
+        from specli.session import make_drafter
+
+        name = drafter_name or self.gen.drafter_name
+        drafter = make_drafter(self.gen.loaded, name, sampling)
+        key = (spec.k, spec.k_max, name, sampling)
+        if key not in self._policies:
+            self._policies[key] = self.gen.policy(spec, drafter)  # --k auto: remembered costs
+            while len(self._policies) > MAX_POLICIES:  # a server sees any number of settings
+                self._policies.pop(next(iter(self._policies)))
+        return drafter, self._policies[key]
+
+
+def _in_context(messages: Sequence[dict], start: int) -> list[dict]:
+    """System messages before `start` stay; other messages before it have left the context."""
+    return [m for i, m in enumerate(messages) if i >= start or m["role"] == "system"]
+
+
+class ReplyMemory:
+    """The tokens of recent replies, by their text, for clients that re-send the history.
+
+    An HTTP client sends an earlier reply back as text; re-tokenizing it may split it
+    differently from how it was generated, which would end the cached prefix there.
+    Looking the text up here gives back the generated tokens. Bounded (oldest first out).
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._tokens: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+
+    def remember(self, text: str, tokens: Sequence[int]) -> None:
+        if not text or not tokens:
+            return
+        self._tokens[text] = tuple(tokens)
+        self._tokens.move_to_end(text)
+        while len(self._tokens) > self.size:
+            self._tokens.popitem(last=False)
+
+    def annotate(self, messages: Sequence[dict]) -> list[dict]:
+        """`messages` with each assistant reply remembered here given its `tokens`."""
+        out = []
+        for m in messages:
+            tokens = self._tokens.get(m["content"]) if m["role"] == "assistant" else None
+            out.append(dict(m, tokens=tokens) if tokens else m)
+        return out
+
+
+# --- KV bookkeeping after an interrupt ----------------------------------------------------
+def _draft_model(drafter):
+    """The draft LlamaModel a drafter decodes with, or None (n-gram drafting)."""
+    if drafter is None:
+        return None
+    return getattr(drafter, "model", None) or getattr(
+        getattr(drafter, "model_drafter", None), "model", None)
+
+
+def _drop_uncounted_cells(model) -> None:
+    """After an interrupt, make the KV cache hold exactly `model.tokens` again.
+
+    A Ctrl-C during llama_decode raises as soon as the call returns, before the backend
+    records the tokens: the cache then holds cells past n_past, and the next decode at
+    n_past fails. truncate(n) clears every cell >= n, so giving up the last counted token
+    (decoded again next turn) clears those too.
+    """
+    if model is not None and model.n_past > 0:
+        model.truncate(model.n_past - 1)
+
+
+def _throw_interrupt(events):
+    """End the engine's stream from outside it (Ctrl-C while rendering, a client gone)."""
+    try:
+        return events.throw(KeyboardInterrupt)
+    except (KeyboardInterrupt, StopIteration):
+        return None
