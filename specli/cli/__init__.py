@@ -14,6 +14,7 @@ from specli.cli import models as _models  # noqa: F401,E402  (registers `models`
 from specli.cli import bench as _bench  # noqa: F401,E402  (registers bench)
 from specli.cli import chat as _chat  # noqa: F401,E402  (registers chat)
 from specli.cli import explain as _explain  # noqa: F401,E402  (registers explain)
+from specli.cli import doctor as _doctor  # noqa: F401,E402  (registers doctor)
 from specli.errors import SpecliError
 
 __all__ = ["app", "main"]
