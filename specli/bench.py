@@ -538,6 +538,9 @@ def result_row(trial: Trial, done, trace: _Trace, baseline, greedy: bool) -> dic
         "other_seconds": s.other_seconds,
         "llama_seconds": s.llama_seconds,
         "python_share": s.python_share,
+        "overlap_positions": s.overlap_positions,
+        "beta_sum": s.beta_sum,
+        "exact_match_sum": s.exact_match_sum,
         "accepted_hist": list(s.accepted_hist),
         "k_chosen": _hist(trace.k),
         "drafter_rounds": dict(sorted(Counter(trace.drafter).items())),
@@ -630,6 +633,7 @@ def _variant_summary(v: Variant, rows: list[dict], calib, brief: bool = False) -
     d.update(tokens_per_s=_spread(tps), speedup=_spread(sp) if sp else None,
              acceptance_rate=accepted / drafted if drafted else None, alpha=alpha)
     d.update(_predictions(v, rows, alpha, calib))
+    d.update(_overlap_means(rows))
     if brief:
         return d
     dec = sum(r["decode_seconds"] for r in rows) or 1e-12
@@ -645,6 +649,16 @@ def _variant_summary(v: Variant, rows: list[dict], calib, brief: bool = False) -
         python_share=1.0 - sum(r["llama_seconds"] for r in rows) / dec,
     )
     return d
+
+
+def _overlap_means(rows: list[dict]) -> dict:
+    """Mean sum min(p, q) and sum p*q over the rows' verified model-draft positions (sampled
+    runs only): the acceptance rejection sampling expects against exact match's."""
+    n = sum(r.get("overlap_positions", 0) for r in rows)
+    if not n:
+        return {"expected_acceptance": None, "exact_match_acceptance": None}
+    return {"expected_acceptance": sum(r["beta_sum"] for r in rows) / n,
+            "exact_match_acceptance": sum(r["exact_match_sum"] for r in rows) / n}
 
 
 def _spread(xs: Sequence[float]) -> dict:

@@ -20,7 +20,7 @@ import numpy as np
 
 from specli.config import SamplingConfig, SpecConfig
 from specli.drafters import Drafter, Proposal
-from specli.sampling import Verdict, verify, verify_greedy, warp
+from specli.sampling import Verdict, overlap, verify, verify_greedy, warp
 
 StopReason = Literal["eog", "max_tokens", "context_full", "interrupted"]
 
@@ -43,6 +43,7 @@ class Round:
     t_draft: float
     t_verify: float  # target decode
     t_sample: float  # warps and verification in Python
+    trace: object | None = None  # specli.trace.RoundTrace, only under trace=True
 
     @property
     def text(self) -> str:
@@ -66,6 +67,21 @@ class Stats:
     sample_seconds: float = 0.0
     llama_seconds: float = 0.0  # inside llama_decode, both models, prompt excluded
     accepted_hist: list[int] = field(default_factory=list)  # rounds by accepted count
+    # Sampled model drafts only (temperature > 0): per examined position, sum min(p, q)
+    # (rejection sampling's acceptance) and sum p*q (exact match's), summed.
+    overlap_positions: int = 0
+    beta_sum: float = 0.0
+    exact_match_sum: float = 0.0
+
+    @property
+    def expected_acceptance(self) -> float | None:
+        """Mean sum min(p, q) over verified model-draft positions: rejection sampling."""
+        return self.beta_sum / self.overlap_positions if self.overlap_positions else None
+
+    @property
+    def exact_match_acceptance(self) -> float | None:
+        """Mean sum p*q: what exact-match verification (llama-server, mlx-lm) would keep."""
+        return self.exact_match_sum / self.overlap_positions if self.overlap_positions else None
 
     @property
     def acceptance_rate(self) -> float:
@@ -101,7 +117,8 @@ class Stats:
     def to_dict(self) -> dict:
         d = asdict(self)
         for name in ("acceptance_rate", "mean_accepted", "tokens_per_round", "tokens_per_s",
-                     "other_seconds", "seconds", "python_share"):
+                     "other_seconds", "seconds", "python_share", "expected_acceptance",
+                     "exact_match_acceptance"):
             d[name] = getattr(self, name)
         return d
 
@@ -155,6 +172,7 @@ def speculative_generate(
     policy=None,
     n_vocab: int | None = None,
     verify_chunk: int | None = None,
+    trace: bool = False,
 ) -> Iterator[Round | Done]:
     """Generate from `target`, drafting with `drafter`, as a stream of events.
 
@@ -168,11 +186,15 @@ def speculative_generate(
     decoding the next chunk only while every draft so far is accepted. With a chunk no
     larger than the target's batch-invariant size (specli.numerics), every row of p and
     every KV entry equals what single-token decoding (K = 0) computes, bit for bit.
+
+    `trace`: each Round carries a specli.trace.RoundTrace (top p and q per examined
+    position, the uniforms drawn, the residual). Off, nothing of it is computed.
     """
     run = _Run(target, drafter, list(prompt_tokens), sampling, spec,
                policy or FixedK(spec.k if isinstance(spec.k, int) else 0),
                n_vocab or target.n_vocab)
     run.verify_chunk = verify_chunk
+    run.trace = trace
     return run.events()
 
 
@@ -187,6 +209,7 @@ class _Run:
         self.detok = _Detok()
         self.text: list[str] = []
         self.verify_chunk: int | None = None  # strict mode: see speculative_generate
+        self.trace = False  # build a RoundTrace per round: see speculative_generate
 
     def events(self) -> Iterator[Round | Done]:
         stop: StopReason | None = None
@@ -256,26 +279,48 @@ class _Run:
                 self.target.decode(pending[:-1], 0)  # after prefill; kept for safety)
                 tokens = tokens[len(pending) - 1 :]
             rows = _ChunkedRows(self.target, tokens, self.verify_chunk, self.n_vocab)
-            verdict = self._verify(prop, rows)
+            verdict, p_rows, uniforms = self._verify(prop, rows)
             t_verify = rows.seconds
             calls = rows.calls
         else:
-            batch = self.target.decode(tokens, len(prop.tokens) + 1)[:, : self.n_vocab]  # [k+1, V]
+            rows = self.target.decode(tokens, len(prop.tokens) + 1)[:, : self.n_vocab]  # [k+1, V]
             t_verify = time.perf_counter() - t0
             calls = [(len(tokens), t_verify)]
-            verdict = self._verify(prop, batch)
+            verdict, p_rows, uniforms = self._verify(prop, rows)
+        if prop.source == "model" and p_rows is not None:
+            self._count_overlap(prop, verdict, p_rows)
         t_sample = time.perf_counter() - t0 - t_verify
-        return self._commit(k, prop, verdict, t_verify, t_sample, calls)
+        detail = None
+        if self.trace:  # off the clock: a trace must not change the measured split much
+            from specli.trace import build_trace
 
-    def _verify(self, prop: Proposal, rows) -> Verdict:
+            detail = build_trace(self.target, prop, verdict, p_rows, rows, uniforms,
+                                 self.sampling.greedy)
+        return self._commit(k, prop, verdict, t_verify, t_sample, calls, detail)
+
+    def _verify(self, prop: Proposal, rows) -> tuple[Verdict, "_LazyWarp | None", list | None]:
+        """The verdict, the warped p rows it used (None when greedy), and, when tracing,
+        the uniforms drawn."""
         if self.sampling.greedy:
             argmax = (np.argmax(rows, axis=1) if isinstance(rows, np.ndarray)
                       else _LazyArgmax(rows))  # strict: a chunk is decoded only when reached
-            return verify_greedy(prop.tokens, argmax)
+            return verify_greedy(prop.tokens, argmax), None, None
         p_target = _LazyWarp(rows, self.sampling)  # rows past a rejection are never warped
-        return verify(prop.tokens, prop.q, p_target, self.rng)
+        uniforms = [] if self.trace else None
+        return verify(prop.tokens, prop.q, p_target, self.rng, uniforms), p_target, uniforms
 
-    def _commit(self, k, prop, verdict, t_verify, t_sample, calls) -> tuple[Round, StopReason | None]:
+    def _count_overlap(self, prop: Proposal, verdict: Verdict, p_rows) -> None:
+        """Item of the stats: both acceptances at each examined draft position, from the p
+        and q this round already warped (so no extra warp, only an O(support) lookup)."""
+        s = self.stats
+        for i in range(len(verdict.accept_probs)):
+            beta, pq = overlap(p_rows[i], prop.q[i])
+            s.overlap_positions += 1
+            s.beta_sum += beta
+            s.exact_match_sum += pq
+
+    def _commit(self, k, prop, verdict, t_verify, t_sample, calls,
+                detail=None) -> tuple[Round, StopReason | None]:
         n = verdict.n_accepted
         new = prop.tokens[:n] + [verdict.token]
         kept, stop = [], None
@@ -304,7 +349,7 @@ class _Run:
                                   draft_probs=prop.q_probs, verify_calls=calls)
         rnd = Round(self.stats.rounds, k, prop.source if prop.tokens else "none",
                     tuple(prop.tokens), verdict.accept_probs, n, verdict.token, verdict.bonus,
-                    tuple(kept), pieces, rejected, prop.seconds, t_verify, t_sample)
+                    tuple(kept), pieces, rejected, prop.seconds, t_verify, t_sample, detail)
         return rnd, stop
 
     def _count(self, k, prop, n, n_kept, t_verify, t_sample) -> None:

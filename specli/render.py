@@ -116,6 +116,15 @@ class LiveView:
                     style="dim")
 
 
+def _overlap_rows(stats) -> list[tuple[str, str]]:
+    """Rejection sampling's expected acceptance beside exact match's (sampled model drafts)."""
+    beta = getattr(stats, "expected_acceptance", None)
+    if beta is None:  # greedy (both rules agree) or no model drafts
+        return []
+    return [("verification", f"rejection sampling: expected acceptance {beta:.3f}; exact match "
+                             f"(llama-server, mlx-lm): {stats.exact_match_acceptance:.3f}")]
+
+
 def stats_table(stats, stop_reason: str, title: str = "specli") -> Table:
     """The end-of-run panel: throughput, acceptance, and where the time went."""
     t = Table(title=title, show_header=False, box=None, pad_edge=False, title_justify="left")
@@ -133,6 +142,7 @@ def stats_table(stats, stop_reason: str, title: str = "specli") -> Table:
                  f"{100 * stats.verify_seconds / dec:.0f}% · other "
                  f"{100 * stats.other_seconds / dec:.0f}% · outside llama.cpp "
                  f"{100 * stats.python_share:.1f}%"),
+        *_overlap_rows(stats),
         ("stopped", stop_reason),
     ]
     for k, v in rows:

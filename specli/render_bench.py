@@ -42,7 +42,7 @@ def results_table(summary: dict) -> Table:
               title="Results (all prompts)")
     for name, just in (("drafter", "left"), ("K", "right"), ("tok/s", "right"), ("min-max", "right"),
                        ("speedup", "right"), ("pred", "right"), ("pred+", "right"),
-                       ("replay", "right"), ("α", "right"),
+                       ("replay", "right"), ("α", "right"), ("β/exact", "right"),
                        ("tok/rnd", "right"), ("accepted", "left"), ("time %", "right")):
         t.add_column(name, justify=just, no_wrap=True)
     for v in summary["variants"]:
@@ -59,6 +59,7 @@ def results_table(summary: dict) -> Table:
             _x(v.get("predicted_speedup_catchup")) if v["k"] != 0 else "",
             _x(v.get("replayed_speedup")) if v["k"] != 0 else "",
             f"{alpha:.2f}" if alpha is not None and v["k"] != 0 else "",
+            _overlap_cell(v),
             f"{v['tokens_per_round']:.2f}", sparkline(v["accepted_hist"]) if v["k"] != 0 else "",
             f"{100 * sh['draft']:.0f}/{100 * sh['verify']:.0f}/{100 * sh['other']:.0f}",
             style="bold" if v["k"] == 0 else None,
@@ -66,10 +67,18 @@ def results_table(summary: dict) -> Table:
     return t
 
 
+def _overlap_cell(v: dict) -> str:
+    """'0.74/0.31': mean sum min(p,q) (rejection sampling) / sum p*q (exact match); sampled only."""
+    b, m = v.get("expected_acceptance"), v.get("exact_match_acceptance")
+    return f"{b:.2f}/{m:.2f}" if b is not None and m is not None else ""
+
+
 LEGEND = ("speedup: median of per-run ratios to the K 0 run of the same prompt and repeat · "
           "α: per-token acceptance, accepted / (accepted + rejections) · pred: Leviathan et al.'s "
           "formula with the calibrated costs and the row's α · pred+: the same plus the draft's "
-          "catch-up (a round after an all-accepted one feeds it 2 tokens) · replay: the "
+          "catch-up (a round after an all-accepted one feeds it 2 tokens) · β/exact: expected "
+          "acceptance per model draft under rejection sampling, Σ min(p,q), and under the "
+          "exact-match verification llama-server and mlx-lm use, Σ p·q (sampled runs) · replay: the "
           "calibrated costs, catch-ups included, applied to the rounds actually run · "
           "accepted: rounds by drafts "
           "accepted, 0..K · time %: draft/verify/other\n")

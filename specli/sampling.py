@@ -161,13 +161,21 @@ def verify(
     q_draft: Sequence[Dist],  # K distributions the drafts were sampled from
     p_target: Sequence[Dist],  # K + 1 target distributions at the same positions
     rng: np.random.Generator,
+    uniforms: list[float] | None = None,
 ) -> Verdict:
-    """Speculative rejection sampling over one round of K drafts."""
+    """Speculative rejection sampling over one round of K drafts.
+
+    `uniforms`, when given, receives the uniform u drawn for each examined draft (for
+    traces: the draws are the same whether or not they are recorded).
+    """
     probs: list[float] = []
     for i, x in enumerate(draft_tokens):
         a = accept_probability(p_target[i], q_draft[i], x)
         probs.append(a)
-        if rng.random() >= a:  # rejected: a == 1 never rejects, a == 0 always does
+        u = rng.random()
+        if uniforms is not None:
+            uniforms.append(u)
+        if u >= a:  # rejected: a == 1 never rejects, a == 0 always does
             return Verdict(i, residual(p_target[i], q_draft[i]).sample(rng), tuple(probs), False)
     k = len(draft_tokens)
     return Verdict(k, p_target[k].sample(rng), tuple(probs), True)
@@ -180,3 +188,30 @@ def verify_greedy(draft_tokens: Sequence[int], target_argmax: Sequence[int]) -> 
         n += 1
     probs = (1.0,) * n + ((0.0,) if n < len(draft_tokens) else ())
     return Verdict(n, int(target_argmax[n]), probs, n == len(draft_tokens))
+
+
+def overlap(p: Dist, q: Dist) -> tuple[float, float]:
+    """(sum min(p, q), sum p*q): the acceptance of rejection sampling at this position, and
+    of exact-match verification (keep a draft x ~ q only when an independent x' ~ p equals it).
+    """
+    # Only the smaller support can contribute: look it up in the other (both ids sorted).
+    small, big = (p, q) if len(p.ids) <= len(q.ids) else (q, p)
+    a, b = small.probs, big.at(small.ids)
+    return float(np.minimum(a, b).sum()), float((a * b).sum())
+
+
+def top_entries(d: Dist, n: int = 5) -> list[tuple[int, float]]:
+    """The n most likely (id, prob) of `d`, most likely first (ties to the lower id)."""
+    if len(d.ids) > n:
+        idx = np.argpartition(-d.probs, n - 1)[:n]
+    else:
+        idx = np.arange(len(d.ids))
+    idx = idx[np.lexsort((d.ids[idx], -d.probs[idx]))]
+    return [(int(d.ids[i]), float(d.probs[i])) for i in idx]
+
+
+def softmax_dist(logits: np.ndarray) -> Dist:
+    """The untempered softmax of a full row (what greedy traces show beside the argmax)."""
+    z = logits.astype(np.float64) - logits.max()
+    e = np.exp(z)
+    return Dist(np.arange(len(logits), dtype=np.int64), e / e.sum())
