@@ -102,6 +102,8 @@ class Reply:
         from specli.engine import speculative_generate
 
         drafter, self.policy = conv.drafter_policy(spec, sampling, drafter_name)
+        # --strict: batch-invariant verify calls. First: measuring them may use the target.
+        chunk = conv.gen.strict_chunk(spec, self.policy)
         self.conv, self.prompt_tokens = conv, len(tokens)
         target = conv.target
         # Keep the longest cached prefix now, to count what is evaluated; the engine's own
@@ -111,7 +113,8 @@ class Reply:
         self.draft_evaluated = (len(tokens) - self.draft_model.reuse_prefix(tokens)
                                 if self.draft_model is not None else None)
         self.events = speculative_generate(target, drafter, tokens, sampling, spec,
-                                           policy=self.policy, n_vocab=conv.gen.loaded.n_vocab)
+                                           policy=self.policy, n_vocab=conv.gen.loaded.n_vocab,
+                                           verify_chunk=chunk)
 
     @property
     def prompt_reused(self) -> int:

@@ -141,13 +141,19 @@ class Generation:
         sampling = sampling or self.sampling
         drafter = self.drafter(sampling) if spec.k != 0 else None
         policy = self.policy(spec, drafter)
-        chunk = self.verify_chunk() if spec.strict and spec.k != 0 else None
-        if chunk and hasattr(policy, "verify"):
-            policy.verify.set_chunk(chunk)  # --k auto prices the chunk sequence
+        chunk = self.strict_chunk(spec, policy)
         events = speculative_generate(self.loaded.target, drafter, tokens, sampling,
                                       spec, policy=policy, n_vocab=self.loaded.n_vocab,
                                       verify_chunk=chunk)
         return _remembering(events, lambda: self.remember(policy))
+
+    def strict_chunk(self, spec: SpecConfig, policy) -> int | None:
+        """--strict: the largest verify call for this generation (None otherwise); --k auto
+        is told, to price the chunk sequence."""
+        chunk = self.verify_chunk() if spec.strict and spec.k != 0 else None
+        if chunk and hasattr(policy, "verify"):
+            policy.verify.set_chunk(chunk)
+        return chunk
 
     def numerics(self, fresh: bool = False):
         """The target's batch-numerics gap on this machine: remembered, else measured (and

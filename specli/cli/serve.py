@@ -1,0 +1,101 @@
+"""`specli serve`: an OpenAI-compatible HTTP server over the loaded pair."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from specli.cli._app import (CtxOpt, DraftNglOpt, DraftOpt, DrafterOpt, DraftThreadsOpt, ForceOpt,
+                             KOpt, MaxTokOpt, MinPOpt, NglOpt, PairOpt, SeedOpt, StrictOpt,
+                             TargetOpt, TempOpt, ThreadsOpt, TopKOpt, TopPOpt, app)
+from specli.cli.common import consoles, open_generation
+
+SERVE_HELP = """Serve the pair over an OpenAI-compatible HTTP API, speculative decoding every reply.
+
+Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health (503 while the models load). Replies are streamed as Server-Sent Events when asked. Sampling options below are the defaults for what a request leaves out; a request may override K, the drafter and strict mode with "speculative": {"k": 4, "drafter": "ngram", "strict": true}. One generation runs at a time; others wait in a queue. Consecutive requests that share a prefix (a client re-sending a growing conversation) decode only the new tokens. Each response carries a "timings" object (llama-server's names, plus rounds, acceptance and K per round).
+
+Examples:
+
+  specli serve                    # http://127.0.0.1:8080/v1
+
+  specli serve --port 9000 --max-tokens 2048
+
+  SPECLI_API_KEY=secret specli serve --host 0.0.0.0
+
+  curl http://127.0.0.1:8080/v1/chat/completions \\
+    -d '{"messages": [{"role": "user", "content": "Hi"}]}'
+"""
+
+
+@app.command("serve", help=SERVE_HELP)
+def serve_cmd(
+    pair: PairOpt = None,
+    target: TargetOpt = None,
+    draft: DraftOpt = None,
+    drafter: DrafterOpt = "auto",
+    force: ForceOpt = False,
+    k: KOpt = "auto",
+    temperature: TempOpt = 0.8,
+    top_k: TopKOpt = 40,
+    top_p: TopPOpt = 0.95,
+    min_p: MinPOpt = 0.05,
+    seed: SeedOpt = 0,
+    max_tokens: MaxTokOpt = 256,
+    ctx: CtxOpt = 4096,
+    threads: ThreadsOpt = None,
+    draft_threads: DraftThreadsOpt = None,
+    n_gpu_layers: NglOpt = None,
+    draft_n_gpu_layers: DraftNglOpt = None,
+    strict: StrictOpt = False,
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to listen on (default: this machine only).",
+        rich_help_panel="Server")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(
+        "--port", help="Port to listen on (0: any free port).", rich_help_panel="Server")] = 8080,
+    api_key: Annotated[Optional[str], typer.Option(
+        "--api-key", envvar="SPECLI_API_KEY", show_envvar=True,
+        help="Require 'Authorization: Bearer KEY' on every /v1 request.",
+        rich_help_panel="Server")] = None,
+    max_queue: Annotated[int, typer.Option(
+        "--max-queue", help="Requests that may wait behind the running one; more get 503 with Retry-After.",
+        rich_help_panel="Server")] = 16,
+    allow_open: Annotated[bool, typer.Option(
+        "--dangerously-serve-without-key",
+        help="Listen on a non-loopback --host without --api-key: anyone who can connect may use the server.",
+        rich_help_panel="Server")] = False,
+) -> None:
+    from specli.server.main import serve
+
+    _, err = consoles()
+
+    def open_gen():
+        return open_generation(
+            err, pair=pair, target=target, draft=draft, drafter=drafter, force=force, k=k,
+            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+            max_tokens=max_tokens, ctx=ctx, threads=threads, draft_threads=draft_threads,
+            n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers, strict=strict)
+
+    serve(open_gen, host=host, port=port, api_key=api_key or None, max_queue=max_queue,
+          allow_open=allow_open, on_listening=lambda url: _banner(url, api_key),
+          on_ready=_ready)
+
+
+def _banner(url: str, api_key: Optional[str]) -> None:
+    auth = " -H 'Authorization: Bearer $SPECLI_API_KEY'" if api_key else ""
+    lines = [
+        f"specli serve: listening on {url}/v1 (loading the models; /health says 503 until ready)",
+        "try:",
+        f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\",
+        "    -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Write hello world in C\"}]}'",
+        f"  OpenAI SDK: OpenAI(base_url=\"{url}/v1\", api_key=\"{'...' if api_key else 'none'}\")",
+    ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _ready(gen) -> None:
+    d = gen.paths.draft.name if gen.paths.draft and gen.loaded.draft else gen.drafter_name
+    print(f"specli serve: ready · {gen.paths.target.name} ← {d} · K {gen.spec.k} · "
+          f"pid {os.getpid()} · Ctrl-C stops", file=sys.stderr, flush=True)

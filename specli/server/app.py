@@ -1,0 +1,229 @@
+"""The routes: /v1/chat/completions, /v1/completions, /v1/models, /health.
+
+Each completion request is read (size-limited), parsed and validated, queued on the
+Scheduler, and answered from its ticket: as one JSON body, or as Server-Sent Events
+ending with `data: [DONE]`. Errors leave in OpenAI's shape from the handlers at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import threading
+import time
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from specli.server.errors import ApiError, error_body, internal, loading, unauthorized
+from specli.server.protocol import Defaults, parse_chat, parse_completion, parse_json
+from specli.server.responses import (DONE, Ids, chunk, completion_body, models_body, sse,
+                                     usage_chunk)
+from specli.server.worker import Delta, Failed, Finished, Runner, Scheduler
+
+MAX_BODY = 8 * 1024 * 1024  # bytes; a larger request body gets 413
+POLL_S = 0.25  # how often a request waiting for its turn checks that its client is still there
+
+
+class ServerState:
+    """What the routes read: the scheduler, the defaults, readiness and the API key."""
+
+    def __init__(self, *, api_key: str | None, max_queue: int, log) -> None:
+        self.api_key = api_key
+        self.log = log
+        self.scheduler = Scheduler(max_queue, log)
+        self.ready = threading.Event()
+        self.defaults: Defaults | None = None
+        self.model_id = "specli"
+        self.model_info: dict = {}
+        self.created = int(time.time())
+
+    def set_ready(self, gen) -> None:
+        """The models are loaded: build the runner and start answering."""
+        self.scheduler.runner = Runner(gen, self.log)
+        if self.scheduler.runner.core.template.is_fallback:
+            self.log("warning: the target has no chat template; using a plain "
+                     "'User:/Assistant:' format")
+        self.defaults = Defaults(gen.sampling, gen.spec, gen.drafter_name)
+        paths = gen.paths
+        self.model_id = paths.pair_name or paths.target.stem
+        draft = paths.draft.name if paths.draft and gen.loaded.draft else None
+        self.model_info = {"target": paths.target.name, "draft": draft,
+                           "drafter": gen.drafter_name, "k": gen.spec.k,
+                           "n_ctx": gen.loaded.target.n_ctx}
+        self.ready.set()
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+class EventStream(StreamingResponse):
+    """SSE that stops its generator as soon as the client goes, whatever the ASGI version.
+
+    (Starlette listens for the disconnect itself only under ASGI spec < 2.4; here the
+    listener always runs, so a dropped stream cancels its generation within one round.)
+    """
+
+    media_type = "text/event-stream"
+
+    async def __call__(self, scope, receive, send) -> None:
+        async with anyio.create_task_group() as tg:
+            async def stream() -> None:
+                try:
+                    await self.stream_response(send)
+                except OSError:  # the client went while we wrote
+                    pass
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stream)
+            await self.listen_for_disconnect(receive)
+            tg.cancel_scope.cancel()
+
+
+def build_app(state: ServerState) -> FastAPI:
+    app = FastAPI(title="specli serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.specli = state
+
+    @app.get("/health")
+    async def health():
+        if not state.ready.is_set():
+            return _error_response(loading())
+        return {"status": "ok", **state.scheduler.load()}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        _authorize(request, state)
+        if not state.ready.is_set():
+            raise loading()
+        return models_body(state.model_id, state.created, state.model_info)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await _complete(request, state, parse_chat)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await _complete(request, state, parse_completion)
+
+    _install_error_handlers(app, state)
+    return app
+
+
+def _authorize(request: Request, state: ServerState) -> None:
+    """With an API key, every /v1 request needs `Authorization: Bearer KEY`."""
+    if state.api_key is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    ok = scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("utf-8"), state.api_key.encode("utf-8"))  # constant time
+    if not ok:
+        raise unauthorized()
+
+
+async def _read_body(request: Request) -> bytes:
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY:
+        raise _too_large()
+    chunks, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > MAX_BODY:
+            raise _too_large()
+        chunks.append(part)
+    return b"".join(chunks)
+
+
+def _too_large() -> ApiError:
+    return ApiError(413, f"the request body is over {MAX_BODY // (1024 * 1024)} MB",
+                    code="request_too_large")
+
+
+async def _complete(request: Request, state: ServerState, parse):
+    """Validate, queue, then answer as JSON or as an event stream."""
+    _authorize(request, state)
+    if not state.ready.is_set():
+        raise loading()
+    job = parse(parse_json(await _read_body(request)), state.defaults)
+    ticket = state.scheduler.submit(job, asyncio.get_running_loop())
+    try:
+        first = await _next(ticket, request)  # Started, or Failed (bad prompt, cancelled)
+        if isinstance(first, Failed):
+            raise first.error
+        ids = Ids(job.kind, state.model_id)
+        if job.stream:
+            return EventStream(_events(ticket, ids, job),
+                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return JSONResponse(await _collect(ticket, request, ids))
+    except ClientGone:
+        return Response(status_code=499)
+    except BaseException:
+        ticket.cancel()  # whatever went wrong here, the generation must not run on for nobody
+        raise
+
+
+async def _next(ticket, request: Request):
+    """The ticket's next item; gives up (and cancels) if the client disconnects meanwhile."""
+    while True:
+        try:
+            return await asyncio.wait_for(ticket.get(), POLL_S)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                ticket.cancel()
+                raise ClientGone from None
+
+
+async def _collect(ticket, request: Request, ids: Ids) -> dict:
+    while True:
+        item = await _next(ticket, request)
+        if isinstance(item, Finished):
+            return completion_body(ids, item)
+        if isinstance(item, Failed):
+            raise item.error
+
+
+async def _events(ticket, ids: Ids, job):
+    """The SSE body: a role chunk (chat), text deltas, the finish chunk, usage, [DONE]."""
+    extra = {"usage": None} if job.include_usage else {}
+    try:
+        if ids.kind == "chat":
+            yield sse(chunk(ids, first=True, extra=extra))
+        while True:
+            item = await ticket.get()
+            if isinstance(item, Delta):
+                yield sse(chunk(ids, item.text, extra=extra))
+            elif isinstance(item, Finished):
+                yield sse(chunk(ids, finish_reason=item.finish_reason,
+                                extra={**extra, "timings": item.timings}))
+                if job.include_usage:
+                    yield sse(usage_chunk(ids, item))
+                yield DONE
+                return
+            elif isinstance(item, Failed):
+                yield sse(item.error.body())
+                return
+    finally:
+        ticket.cancel()  # a no-op once finished; stops the generation if the client left
+
+
+def _error_response(e: ApiError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+def _install_error_handlers(app: FastAPI, state: ServerState) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        return _error_response(e)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(e.detail), kind), status_code=e.status_code,
+                            headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception):
+        state.log(f"internal error on {request.url.path}: {type(e).__name__}: {e}")
+        return _error_response(internal())

@@ -1,0 +1,269 @@
+"""Requests, validated at the edge: JSON body -> pydantic model -> a `Job` spec the worker runs.
+
+Types are checked strictly (a string is not a number, 1 is not true); ranges are the
+ones `run` enforces, checked by the same config objects (SamplingConfig, SpecConfig), so
+a limit lives in one place. A field the request leaves out takes the server's default.
+Unknown fields are ignored, as OpenAI-compatible servers do; known fields this server
+does not support are refused with a 400 naming them, unless they hold their default
+(clients often send `tools: []` or `n: 1`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from specli.config import SamplingConfig, SpecConfig, parse_k
+from specli.errors import UsageError
+from specli.server.errors import bad_request
+
+MAX_STOPS = 4
+_HAS_STRICT = "strict" in {f.name for f in dataclasses.fields(SpecConfig)}
+CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class TextPart(_Strict):
+    type: str
+    text: Any = None
+
+
+class Message(_Strict):
+    role: str
+    content: Union[str, list[TextPart], None] = None
+    tool_calls: Any = None
+    function_call: Any = None
+
+
+class StreamOptions(_Strict):
+    include_usage: bool | None = None
+
+
+class Speculative(_Strict):
+    """specli's extension: override the server's speculation for one request."""
+
+    k: Union[int, str, None] = None
+    drafter: Literal["auto", "model", "ngram", None] = None
+    strict: bool | None = None
+
+
+class _Common(_Strict):
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None  # llama-server's extension
+    min_p: float | None = None  # llama-server's extension
+    seed: int | None = Field(default=None, ge=0)
+    stop: Union[str, list[str], None] = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    n: int | None = None
+    speculative: Speculative | None = None
+    # Known but unsupported: accepted here only so that a non-default value is refused by name.
+    logprobs: Any = None
+    logit_bias: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    repeat_penalty: Any = None
+    best_of: Any = None
+    response_format: Any = None
+
+
+class ChatBody(_Common):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = None
+    top_logprobs: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+
+
+class CompletionBody(_Common):
+    prompt: str
+    echo: Any = None
+    suffix: Any = None
+
+
+# field -> values that mean "not asked for" (anything else is refused by name)
+UNSUPPORTED_DEFAULTS: dict[str, tuple] = {
+    "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
+    "function_call": (None, "none", "auto"), "logprobs": (None, False), "top_logprobs": (None, 0),
+    "logit_bias": (None, {}), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
+    "repeat_penalty": (None, 1), "best_of": (None, 1), "audio": (None,),
+    "modalities": (None, ["text"]), "prediction": (None,), "echo": (None, False),
+    "suffix": (None, ""), "n": (None, 1),
+    "response_format": (None, {"type": "text"}),
+}
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The server's defaults (serve's options) for what a request leaves out."""
+
+    sampling: SamplingConfig
+    spec: SpecConfig
+    drafter: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """One validated request: what to generate and how to answer."""
+
+    kind: Literal["chat", "completion"]
+    messages: tuple[dict, ...]  # chat: {"role", "content"}, system/user/assistant
+    prompt: str  # completion: fed without the chat template
+    sampling: SamplingConfig
+    spec: SpecConfig
+    drafter: str
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+    model: str | None
+
+
+def parse_json(raw: bytes) -> dict:
+    """The body as a JSON object; 400 for anything else (NaN and Infinity included)."""
+    def no_constants(name: str):
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=no_constants)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise bad_request(f"the body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise bad_request("the body must be a JSON object")
+    return data
+
+
+def parse_chat(data: dict, defaults: Defaults) -> Job:
+    body = _validate(ChatBody, data)
+    messages = tuple(_message(i, m) for i, m in enumerate(body.messages))
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    return _job(body, defaults, "chat", messages=messages, prompt="",
+                max_tokens=(param, max_tokens))
+
+
+def parse_completion(data: dict, defaults: Defaults) -> Job:
+    body = _validate(CompletionBody, data)
+    if not body.prompt:
+        raise bad_request("prompt: must not be empty", "prompt")
+    return _job(body, defaults, "completion", messages=(), prompt=body.prompt,
+                max_tokens=("max_tokens", body.max_tokens))
+
+
+def _validate(model: type[BaseModel], data: dict):
+    try:
+        body = model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = _param_name(err["loc"])
+        raise bad_request(f"{param}: {err['msg']}" if param else err["msg"], param) from None
+    for name, defaults in UNSUPPORTED_DEFAULTS.items():
+        if name in model.model_fields and not _is_default(getattr(body, name), defaults):
+            raise bad_request(f"{name}: not supported by specli serve (leave it out)", name,
+                              code="unsupported_parameter")
+    return body
+
+
+def _is_default(value, defaults: tuple) -> bool:
+    return any(value == d for d in defaults)
+
+
+def _param_name(loc) -> str:
+    """('messages', 0, 'content') -> 'messages[0].content'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "list[TextPart]", "int", "function-after[...]") or "[" in str(part):
+            continue  # pydantic names the union member it tried; clients know the field
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _message(i: int, m: Message) -> dict:
+    role = CHAT_ROLES.get(m.role)
+    if role is None:
+        raise bad_request(f"messages[{i}].role: {m.role!r} is not supported (system, developer, "
+                          "user or assistant)", f"messages[{i}].role")
+    if m.tool_calls or m.function_call:
+        name = "tool_calls" if m.tool_calls else "function_call"
+        raise bad_request(f"messages[{i}].{name}: tool calls are not supported",
+                          f"messages[{i}].{name}", code="unsupported_parameter")
+    return {"role": role, "content": _content(i, m.content, role)}
+
+
+def _content(i: int, content, role: str) -> str:
+    if content is None:
+        if role == "assistant":
+            return ""
+        raise bad_request(f"messages[{i}].content: required", f"messages[{i}].content")
+    if isinstance(content, str):
+        return content
+    texts = []
+    for j, part in enumerate(content):
+        if part.type != "text" or not isinstance(part.text, str):
+            raise bad_request(f"messages[{i}].content[{j}]: only text parts are supported "
+                              f"(got type {part.type!r})", f"messages[{i}].content[{j}]",
+                              code="unsupported_parameter")
+        texts.append(part.text)
+    return "\n".join(texts)
+
+
+def _job(body: _Common, defaults: Defaults, kind, *, messages, prompt, max_tokens) -> Job:
+    sampling = _configured(defaults.sampling, [
+        ("temperature", "temperature", body.temperature), ("top_p", "top_p", body.top_p),
+        ("top_k", "top_k", body.top_k), ("min_p", "min_p", body.min_p)])
+    spec_opts = body.speculative or Speculative()
+    k = _k(spec_opts.k) if spec_opts.k is not None else None
+    strict = spec_opts.strict if _HAS_STRICT else None  # only where the engine has a strict mode
+    spec = _configured(defaults.spec, [
+        (max_tokens[0], "max_tokens", max_tokens[1]), ("seed", "seed", body.seed),
+        ("speculative.k", "k", k), ("speculative.drafter", "drafter", spec_opts.drafter),
+        ("speculative.strict", "strict", strict)])
+    return Job(kind, messages, prompt, sampling, spec, spec_opts.drafter or defaults.drafter,
+               _stops(body.stop), bool(body.stream),
+               bool(body.stream_options and body.stream_options.include_usage), body.model)
+
+
+def _configured(config, fields: list[tuple[str, str, Any]]):
+    """`config` with each given field replaced; the config's own check names the field."""
+    for param, name, value in fields:
+        if value is None:
+            continue
+        try:
+            config = dataclasses.replace(config, **{name: value})
+        except UsageError as e:  # "--top-p must be in (0, 1], got 2.0": name the JSON field
+            message = str(e).split(" ", 1)[-1] if str(e).startswith("--") else str(e)
+            raise bad_request(f"{param}: {message}", param) from None
+    return config
+
+
+def _k(value) -> int | str:
+    if isinstance(value, bool):
+        raise bad_request("speculative.k: an integer or 'auto'", "speculative.k")
+    try:
+        return parse_k(str(value))
+    except UsageError as e:
+        raise bad_request(f"speculative.k: {str(e).split(' ', 1)[-1]}", "speculative.k") from None
+
+
+def _stops(stop) -> tuple[str, ...]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > MAX_STOPS:
+        raise bad_request(f"stop: at most {MAX_STOPS} sequences, got {len(stops)}", "stop")
+    return tuple(s for s in stops if s)

@@ -1,0 +1,108 @@
+"""Response bodies in OpenAI's shapes (checked against the `openai` SDK's types), plus timings.
+
+`timings` uses llama-server's field names where they exist (prompt_n, prompt_ms,
+predicted_n, predicted_ms, predicted_per_second, draft_n, draft_n_accepted, cache_n),
+so clients that parse them already keep working, and adds what speculation did:
+rounds, acceptance rate, tokens per round, the K chosen per round (counts), rounds by
+drafter, the draft model's prompt tokens evaluated, and the time spent queued.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+FINGERPRINT = "specli"
+
+
+def timings(stats, reply, tally, queue_ms: float) -> dict:
+    """One generation's timings, from the engine's Stats and the tally of its rounds."""
+    prompt_ms = 1000 * stats.prompt_seconds
+    predicted_ms = 1000 * stats.decode_seconds
+    n_prompt, n_out = reply.prompt_evaluated, stats.new_tokens
+    return {
+        "prompt_n": n_prompt,
+        "prompt_ms": prompt_ms,
+        "prompt_per_token_ms": prompt_ms / n_prompt if n_prompt else 0.0,
+        "prompt_per_second": 1000 * n_prompt / prompt_ms if prompt_ms > 0 else 0.0,
+        "predicted_n": n_out,
+        "predicted_ms": predicted_ms,
+        "predicted_per_token_ms": predicted_ms / n_out if n_out else 0.0,
+        "predicted_per_second": 1000 * n_out / predicted_ms if predicted_ms > 0 else 0.0,
+        "draft_n": stats.drafted,
+        "draft_n_accepted": stats.accepted,
+        "cache_n": reply.prompt_reused,
+        # specli's own
+        "rounds": stats.rounds,
+        "acceptance_rate": stats.acceptance_rate,
+        "tokens_per_round": stats.tokens_per_round,
+        "k_counts": {str(k): n for k, n in sorted(tally.k_counts.items())},
+        "rounds_by_drafter": dict(sorted(tally.by_drafter.items())),
+        "draft_prompt_n": reply.draft_evaluated,
+        "queue_ms": queue_ms,
+    }
+
+
+class Ids:
+    """The id, creation time and model name shared by a response and all its chunks."""
+
+    def __init__(self, kind: str, model: str) -> None:
+        prefix = "chatcmpl" if kind == "chat" else "cmpl"
+        self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.model = model
+        self.kind = kind
+
+    def head(self, obj: str) -> dict:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "system_fingerprint": FINGERPRINT}
+
+
+def completion_body(ids: Ids, finished) -> dict:
+    """The non-streamed response."""
+    if ids.kind == "chat":
+        choice = {"index": 0, "message": {"role": "assistant", "content": finished.text},
+                  "finish_reason": finished.finish_reason, "logprobs": None}
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": finished.text, "finish_reason": finished.finish_reason,
+                  "logprobs": None}
+        obj = "text_completion"
+    return {**ids.head(obj), "choices": [choice], "usage": finished.usage,
+            "timings": finished.timings}
+
+
+def chunk(ids: Ids, text: str | None = None, *, first: bool = False,
+          finish_reason: str | None = None, extra: dict | None = None) -> dict:
+    """One streamed chunk: a text delta, the opening role, or the closing finish_reason."""
+    if ids.kind == "chat":
+        delta = {"role": "assistant", "content": ""} if first else (
+            {"content": text} if text is not None else {})
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": text or "", "finish_reason": finish_reason,
+                  "logprobs": None}
+        obj = "text_completion"
+    return {**ids.head(obj), "choices": [choice], **(extra or {})}
+
+
+def usage_chunk(ids: Ids, finished) -> dict:
+    """With stream_options.include_usage: the last chunk, no choices, usage and timings."""
+    obj = "chat.completion.chunk" if ids.kind == "chat" else "text_completion"
+    return {**ids.head(obj), "choices": [], "usage": finished.usage, "timings": finished.timings}
+
+
+def sse(data: dict | str) -> bytes:
+    """One Server-Sent Event."""
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {payload}\n\n".encode("utf-8")
+
+
+DONE = sse("[DONE]")
+
+
+def models_body(model_id: str, created: int, info: dict) -> dict:
+    return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
+                                        "owned_by": "specli", "meta": info}]}

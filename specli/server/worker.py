@@ -1,0 +1,330 @@
+"""One generation at a time over the loaded pair: a FIFO queue, one worker thread, cancellation.
+
+The HTTP layer never touches model state except through `Scheduler.submit`. Each request
+becomes a Ticket: the worker thread runs it through the conversation core and puts what
+happens (Started, then Delta texts, then Finished; or Failed) on the ticket's asyncio
+queue, from which the request's coroutine reads. A cancelled ticket (client gone, server
+stopping) is stopped between two rounds; `Reply.finish` leaves the KV caches consistent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+import traceback
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from specli.errors import ContextFullError, SpecliError, UsageError
+from specli.server.errors import ApiError, bad_request, internal, queue_full, shutting_down
+from specli.server.protocol import Job
+
+
+# --- what a ticket receives -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Started:
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str  # whole characters only: the engine's pieces are UTF-8 safe
+
+
+@dataclass(frozen=True)
+class Finished:
+    text: str
+    finish_reason: str  # "stop" | "length"
+    usage: dict
+    timings: dict
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: ApiError
+
+
+class Ticket:
+    """A request's place in the queue and its channel back to the event loop."""
+
+    def __init__(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        self.job, self.loop = job, loop
+        self.items: asyncio.Queue = asyncio.Queue()
+        self.cancelled = threading.Event()
+        self.cancel_error: ApiError | None = None  # what a reader still listening is told
+        self.submitted = time.perf_counter()
+
+    def put(self, item) -> None:
+        """From the worker thread: hand an item to the request's coroutine."""
+        try:
+            self.loop.call_soon_threadsafe(self.items.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+
+    async def get(self):
+        return await self.items.get()
+
+    def cancel(self, error: ApiError | None = None) -> None:
+        """Stop at the next round (or before starting); `error` is what a reader is told."""
+        self.cancel_error = self.cancel_error or error
+        self.cancelled.set()
+
+
+class Scheduler:
+    """FIFO over one worker thread; at most `max_queue` requests wait behind the running one."""
+
+    def __init__(self, max_queue: int, log: Callable[[str], None]) -> None:
+        self.max_queue, self.log = max_queue, log
+        self.runner: Runner | None = None  # set once the models are loaded
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="specli-generate")
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._tickets: set[Ticket] = set()
+        self._closed = False
+
+    def submit(self, job: Job, loop: asyncio.AbstractEventLoop) -> Ticket:
+        """Queue a job; 503 when the queue is full or the server is stopping."""
+        with self._lock:
+            if self._closed:
+                raise shutting_down()
+            if self._waiting >= self.max_queue and self._tickets:
+                raise queue_full(self.max_queue)
+            ticket = Ticket(job, loop)
+            self._waiting += 1
+            self._tickets.add(ticket)
+        self._executor.submit(self._run, ticket)
+        return ticket
+
+    def _run(self, ticket: Ticket) -> None:
+        with self._lock:
+            self._waiting -= 1
+        try:
+            if ticket.cancelled.is_set():  # its client left while it waited, or we are stopping
+                ticket.put(Failed(ticket.cancel_error or _cancelled()))
+            else:
+                self.runner.run(ticket)
+        except BaseException:  # a bug: log it, answer 500, keep serving
+            self.log("internal error:\n" + traceback.format_exc())
+            ticket.put(Failed(internal()))
+        finally:
+            with self._lock:
+                self._tickets.discard(ticket)
+
+    def load(self) -> dict:
+        """How busy the server is: requests waiting, and requests admitted in all."""
+        with self._lock:
+            return {"waiting": self._waiting, "requests": len(self._tickets)}
+
+    def close(self) -> None:
+        """Refuse new work and stop what runs or waits (each at its next round)."""
+        with self._lock:
+            self._closed = True
+            tickets = list(self._tickets)
+        for t in tickets:
+            t.cancel(shutting_down())
+
+    def join(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def _cancelled() -> ApiError:
+    return ApiError(499, "the request was cancelled", type="cancelled", code="cancelled")
+
+
+# --- running one job ------------------------------------------------------------------------
+class Runner:
+    """Runs jobs through the conversation core; lives on the worker thread only."""
+
+    def __init__(self, gen, log: Callable[[str], None]) -> None:
+        from specli.conversation import Conversation, ReplyMemory
+
+        self.core = Conversation(gen)
+        self.memory = ReplyMemory()  # replies' tokens, for clients re-sending the history
+        self.log = log
+
+    def run(self, ticket: Ticket) -> None:
+        job = ticket.job
+        t_start = time.perf_counter()
+        try:
+            tokens = self._prompt(job)
+            reply = self.core.reply(tokens, job.spec, job.sampling, job.drafter)
+        except ApiError as e:
+            ticket.put(Failed(e))
+            return
+        except UsageError as e:  # e.g. drafter "model" where no draft model is loaded
+            ticket.put(Failed(bad_request(str(e).replace("--drafter", "speculative.drafter"),
+                                          "speculative")))
+            return
+        ticket.put(Started(len(tokens)))
+        self._generate(ticket, reply, queue_ms=1000 * (t_start - ticket.submitted))
+
+    def _prompt(self, job: Job) -> list[int]:
+        """The job's prompt tokens; 400 when the template fails or the prompt cannot fit."""
+        from specli.conversation import raw_tokens
+
+        param = "messages" if job.kind == "chat" else "prompt"
+        try:
+            if job.kind == "chat":
+                tokens = self.core.tokens(self.memory.annotate(job.messages))
+            else:
+                tokens = raw_tokens(self.core.target, job.prompt)
+            self.core.check_fits(tokens)
+        except ContextFullError as e:
+            raise bad_request(f"{e} (the server's --ctx)", param,
+                              code="context_length_exceeded") from None
+        except SpecliError as e:  # a chat template that refuses this conversation
+            raise bad_request(str(e), param) from None
+        return tokens
+
+    def _generate(self, ticket: Ticket, reply, queue_ms: float) -> None:
+        run = _Stream(ticket.job.stop)
+        done = None
+        try:
+            done, stopped = run.drive(reply, ticket)
+        except Exception as e:  # noqa: BLE001 - any failure: resync caches, answer, keep serving
+            reply.finish(None)
+            if not isinstance(e, SpecliError):
+                self.log("internal error:\n" + traceback.format_exc())
+            ticket.put(Failed(internal(f"generation failed: {e}" if isinstance(e, SpecliError)
+                                       else "internal error (see the server's log)")))
+            return
+        if stopped is None:  # cancelled: the client is gone, or the server is stopping
+            reply.finish(done)
+            ticket.put(Failed(ticket.cancel_error or _cancelled()))
+            return
+        finished = run.finished(done, stopped, reply, queue_ms)
+        ticket.put(finished)  # answer first; the bookkeeping below delays only the next job
+        reply.finish(done)
+        tokens = run.tokens_of(finished.text, done, stopped)
+        if tokens:
+            self.memory.remember(finished.text, tokens)
+        self.log(_log_line(ticket.job, finished))
+
+
+class _Stream:
+    """One generation's rounds -> text deltas, with stop strings and the round tally."""
+
+    def __init__(self, stops) -> None:
+        self.stops = StopScanner(stops)
+        self.tally = Tally()
+        self.sent: list[str] = []
+
+    def drive(self, reply, ticket: Ticket):
+        """Iterate the engine; returns (Done, how it stopped: "stop" | "engine" | None)."""
+        from specli.engine import Done
+
+        for ev in reply.events:
+            if isinstance(ev, Done):
+                self._send(ticket, ev.text[self.tally.n_chars:])  # the detokenizer's tail
+                return ev, ("stop" if self.stops.hit else "engine")
+            self.tally.add(ev)
+            self._send(ticket, ev.text)
+            if self.stops.hit:
+                return reply.interrupt(), "stop"
+            if ticket.cancelled.is_set():
+                return reply.interrupt(), None
+        raise RuntimeError("the engine ended without a Done event")
+
+    def _send(self, ticket: Ticket, text: str) -> None:
+        if self.stops.hit or not text:
+            return
+        out = self.stops.feed(text)
+        if out:
+            self.sent.append(out)
+            ticket.put(Delta(out))
+
+    def finished(self, done, stopped: str, reply, queue_ms: float) -> Finished:
+        from specli.server.responses import timings
+
+        if stopped == "engine":  # a held-back partial stop string is text after all
+            tail = self.stops.flush()
+            if tail:
+                self.sent.append(tail)
+        text = "".join(self.sent)
+        reason = "stop" if stopped == "stop" or done.stop_reason == "eog" else "length"
+        n_out = (self.tally.tokens_covering(len(text)) if stopped == "stop"
+                 else len(done.tokens))
+        usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": n_out,
+                 "total_tokens": reply.prompt_tokens + n_out,
+                 "prompt_tokens_details": {"cached_tokens": reply.prompt_reused}}
+        return Finished(text, reason, usage, timings(done.stats, reply, self.tally, queue_ms))
+
+    def tokens_of(self, text: str, done, stopped: str) -> tuple[int, ...] | None:
+        """The tokens generated as exactly `text`, when known (for the next request's prompt)."""
+        if stopped != "stop":
+            return tuple(done.tokens)
+        n = self.tally.tokens_covering(len(text))
+        return tuple(self.tally.tokens[:n]) if "".join(self.tally.pieces[:n]) == text else None
+
+
+@dataclass
+class Tally:
+    """What the rounds did: K chosen per round, rounds by drafter, tokens and their text."""
+
+    k_counts: Counter = field(default_factory=Counter)
+    by_drafter: Counter = field(default_factory=Counter)
+    tokens: list[int] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)
+    n_chars: int = 0  # of the pieces: Done.text is their join plus the detokenizer's tail
+
+    def add(self, rnd) -> None:
+        self.k_counts[rnd.k] += 1
+        self.by_drafter[rnd.drafter] += 1
+        self.tokens.extend(rnd.tokens)
+        self.pieces.extend(rnd.pieces)
+        self.n_chars += sum(map(len, rnd.pieces))
+
+    def tokens_covering(self, n_chars: int) -> int:
+        """How many tokens it took to produce the first n_chars characters."""
+        total = 0
+        for i, piece in enumerate(self.pieces):
+            if total >= n_chars:
+                return i
+            total += len(piece)
+        return len(self.pieces)
+
+
+class StopScanner:
+    """Finds stop strings in streamed text, holding back a tail that may begin one.
+
+    Invariant: no position in the text already released starts a stop string, because
+    the longest suffix that is a prefix of some stop string is always held back.
+    """
+
+    def __init__(self, stops) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self.held = ""
+        self.hit = False
+
+    def feed(self, text: str) -> str:
+        """The text that is safe to send now; sets `hit` (and drops the rest) on a match."""
+        buf = self.held + text
+        found = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        if found:
+            self.hit, self.held = True, ""
+            return buf[: min(found)]
+        keep = max((n for s in self.stops for n in range(min(len(s) - 1, len(buf)), 0, -1)
+                    if buf.endswith(s[:n])), default=0)
+        self.held = buf[len(buf) - keep:] if keep else ""
+        return buf[: len(buf) - keep]
+
+    def flush(self) -> str:
+        out, self.held = self.held, ""
+        return out
+
+
+def _log_line(job: Job, f: Finished) -> str:
+    t = f.timings
+    return (f"{job.kind}: {f.usage['completion_tokens']} tokens, "
+            f"{t['predicted_per_second']:.1f} tok/s, prompt {t['prompt_n']} of "
+            f"{f.usage['prompt_tokens']} evaluated, accepted {t['draft_n_accepted']}/{t['draft_n']}, "
+            f"finish {f.finish_reason}")
+
+
+def stderr_log(message: str) -> None:
+    """The server's log: one line per event on stderr."""
+    print(f"specli serve: {message}", file=sys.stderr, flush=True)
