@@ -1,0 +1,428 @@
+"""`specli serve`: a real subprocess on 127.0.0.1 with the tiny models, driven by the openai SDK
+(and raw HTTP where the SDK would hide what is on the wire)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from serveutil import Server, request, sse_events
+
+openai = pytest.importorskip("openai")
+
+PROMPT = "Write a haiku about the sea"
+LONG_RAW = "the quick brown fox"  # raw, greedy: thousands of tokens before an end token
+TIMING_KEYS = ("prompt_n", "prompt_ms", "predicted_n", "predicted_ms", "predicted_per_second",
+               "draft_n", "draft_n_accepted", "cache_n", "rounds", "acceptance_rate",
+               "tokens_per_round", "k_counts", "rounds_by_drafter", "queue_ms")
+
+
+@pytest.fixture(scope="module")
+def model_args(tiny_target, tiny_draft):
+    return ["--target", tiny_target, "--draft", tiny_draft, "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("serve")
+
+
+def start(model_args, workdir, name, *extra, env=None) -> Server:
+    d = workdir / name
+    d.mkdir()
+    s = Server([*model_args, *extra], d, env={"SPECLI_COST_CACHE": str(d / "costs.json"),
+                                               **(env or {})})
+    s.wait_ready()
+    return s
+
+
+@pytest.fixture(scope="module")
+def server(model_args, workdir):
+    s = start(model_args, workdir, "main", "--ctx", "1024")
+    yield s
+    assert s.stop() == 0, s.log
+    assert "Traceback" not in s.log, s.log
+    assert s.out_path.read_text() == ""  # messages go to stderr; stdout stays clean
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return server.client()
+
+
+def chat(client, content, **kw):
+    messages = content if isinstance(content, list) else [{"role": "user", "content": content}]
+    return client.chat.completions.create(model="anything", messages=messages, **kw)
+
+
+def specli_run(*args) -> dict:
+    r = subprocess.run([sys.executable, "-m", "specli", "run", *map(str, args), "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+# --- what comes back ---------------------------------------------------------------------------
+def test_greedy_chat_equals_run_k0(client, model_args):
+    r = chat(client, PROMPT, temperature=0, max_tokens=40)
+    base = specli_run(*model_args, "--ctx", "1024", "--k", "0", "--temperature", "0", "-n", "40",
+                      PROMPT)
+    assert r.choices[0].message.content == base["text"]
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason == ("stop" if base["stop_reason"] == "eog" else "length")
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-")
+    assert r.usage.completion_tokens == len(base["tokens"])
+    assert r.usage.prompt_tokens == base["stats"]["prompt_tokens"]
+
+
+def test_greedy_completion_equals_run_raw_k0(client, model_args):
+    r = client.completions.create(model="x", prompt="Once upon a time", temperature=0, max_tokens=30)
+    base = specli_run(*model_args, "--ctx", "1024", "--k", "0", "--temperature", "0", "-n", "30",
+                      "--raw", "Once upon a time")
+    assert r.object == "text_completion" and r.choices[0].text == base["text"]
+    assert r.usage.completion_tokens == len(base["tokens"])
+
+
+def test_streamed_chat_equals_the_whole_reply_and_ends_with_done(server, client):
+    whole = chat(client, PROMPT, temperature=0, max_tokens=60)
+    chunks = list(chat(client, PROMPT, temperature=0, max_tokens=60, stream=True,
+                       stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finish) == 1 and finish[0].choices[0].finish_reason == whole.choices[0].finish_reason
+    last = chunks[-1]  # include_usage: no choices, usage and timings
+    assert last.choices == [] and last.usage.total_tokens == whole.usage.total_tokens
+    assert set(TIMING_KEYS) <= set(last.model_extra["timings"])
+    # On the wire: every event is whole UTF-8 (sse_events decodes strictly), then [DONE].
+    status, headers, raw = request(server, "POST", "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": PROMPT}], "temperature": 0, "max_tokens": 60,
+        "stream": True})
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    events = sse_events(raw)
+    assert events[-1] == "[DONE]"
+    wire = "".join(c["choices"][0]["delta"].get("content") or ""
+                   for c in map(json.loads, events[:-1]))
+    assert wire == whole.choices[0].message.content
+
+
+def test_streamed_completion(client):
+    whole = client.completions.create(model="x", prompt="Hello", temperature=0, max_tokens=40)
+    chunks = list(client.completions.create(model="x", prompt="Hello", temperature=0,
+                                            max_tokens=40, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_stop_strings(client):
+    full = client.completions.create(model="x", prompt=LONG_RAW, temperature=0, max_tokens=40)
+    text = full.choices[0].text
+    stop = text[10:14]
+    cut = text[: text.index(stop)]
+    for stream in (False, True):
+        r = client.completions.create(model="x", prompt=LONG_RAW, temperature=0, max_tokens=40,
+                                      stop=["never-in-the-text", stop], stream=stream)
+        if stream:
+            chunks = list(r)
+            got, reason = "".join(c.choices[0].text for c in chunks), chunks[-1].choices[0].finish_reason
+        else:
+            got, reason = r.choices[0].text, r.choices[0].finish_reason
+        assert (got, reason) == (cut, "stop")
+
+
+def test_max_tokens_gives_length_and_counts(client):
+    r = client.completions.create(model="x", prompt=LONG_RAW, temperature=0, max_tokens=7)
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 7
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 7
+    r = chat(client, PROMPT, temperature=0, max_completion_tokens=3)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 3
+
+
+def test_max_tokens_past_the_context_stops_at_it(client):
+    r = client.completions.create(model="x", prompt=LONG_RAW, temperature=0, max_tokens=100_000)
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.total_tokens >= 1024 - 1
+
+
+def test_usage_and_timings(client):
+    r = chat(client, PROMPT, temperature=0, max_tokens=20)
+    t = r.model_extra["timings"]
+    assert set(TIMING_KEYS) <= set(t)
+    assert t["prompt_n"] + t["cache_n"] == r.usage.prompt_tokens
+    assert r.usage.prompt_tokens_details.cached_tokens == t["cache_n"]
+    assert t["predicted_n"] == r.usage.completion_tokens
+    assert t["draft_n_accepted"] <= t["draft_n"]
+    assert sum(t["k_counts"].values()) == t["rounds"] == sum(t["rounds_by_drafter"].values())
+    assert set(t["rounds_by_drafter"]) <= {"model", "ngram", "none"}
+
+
+def test_per_request_speculation(client):
+    base = chat(client, PROMPT, temperature=0, max_tokens=30, extra_body={"speculative": {"k": 0}})
+    t = base.model_extra["timings"]
+    assert t["draft_n"] == 0 and set(t["rounds_by_drafter"]) == {"none"} and set(t["k_counts"]) == {"0"}
+    for spec in ({"k": 3, "drafter": "model"}, {"k": "auto", "drafter": "ngram"}, {"k": 2},
+                 {"k": 4, "strict": True}):
+        r = chat(client, PROMPT, temperature=0, max_tokens=30, extra_body={"speculative": spec})
+        assert r.choices[0].message.content == base.choices[0].message.content  # exact at T = 0
+        by = r.model_extra["timings"]["rounds_by_drafter"]
+        if spec.get("drafter") == "ngram":
+            assert "model" not in by
+        if spec.get("drafter") == "model":
+            assert by.get("model", 0) > 0 and "ngram" not in by
+
+
+def test_models_and_health(server, client):
+    models = client.models.list().data
+    assert len(models) == 1 and models[0].object == "model" and models[0].id
+    status, _, body = request(server, "GET", "/health")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+# --- conversations ---------------------------------------------------------------------------
+@pytest.mark.parametrize("speculative", [{}, {"k": 3, "drafter": "model"}])
+def test_second_turn_evaluates_only_the_new_tokens(client, speculative):
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "What is a fox?"}]
+    extra = {"extra_body": {"speculative": speculative}} if speculative else {}
+    first = chat(client, messages, temperature=0, max_tokens=24, **extra)
+    messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "And a dog?"}]
+    second = chat(client, messages, temperature=0, max_tokens=24, **extra)
+    t = second.model_extra["timings"]
+    seen = first.usage.prompt_tokens + first.usage.completion_tokens
+    new = second.usage.prompt_tokens - seen  # the end of reply 1, and the new user turn
+    assert t["cache_n"] >= seen - 1  # all but (at most) the pending last token
+    assert t["prompt_n"] <= new + 1
+    if speculative:  # drafting every round, the draft saw all but the last round's tokens:
+        # the last draft of an all-accepted round, and one token the target made alone (K = 0
+        # when a single token was left before max_tokens)
+        assert t["draft_prompt_n"] <= t["prompt_n"] + 2
+    elif t["draft_prompt_n"] is not None:  # --k auto: rounds of K = 0 leave the draft to catch up
+        assert t["draft_prompt_n"] <= t["prompt_n"] + first.usage.completion_tokens + 1
+
+
+def test_content_as_text_parts(client):
+    a = chat(client, PROMPT, temperature=0, max_tokens=10)
+    b = chat(client, [{"role": "user", "content": [{"type": "text", "text": PROMPT}]}],
+             temperature=0, max_tokens=10)
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
+# --- load and disconnects ----------------------------------------------------------------------
+def test_eight_concurrent_clients_get_their_sequential_replies(server):
+    prompts = [f"Question {i}: tell me about {w}" for i, w in
+               enumerate("foxes dogs cats owls seas hills rain code".split())]
+    one = server.client()
+    sequential = [chat(one, p, temperature=0, max_tokens=24).choices[0].message.content
+                  for p in prompts]
+
+    def ask(p):
+        return chat(server.client(), p, temperature=0, max_tokens=24).choices[0].message.content
+
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(ask, prompts))
+    assert concurrent == sequential
+
+
+def test_disconnect_mid_stream_then_the_next_request_is_right(server, client):
+    expected = client.completions.create(model="x", prompt="Once upon a time", temperature=0,
+                                         max_tokens=30).choices[0].text
+    stream = client.completions.create(model="x", prompt=LONG_RAW, temperature=0,
+                                       max_tokens=100_000, stream=True,
+                                       extra_body={"speculative": {"k": 0}})
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()  # the client goes mid-generation
+    again = client.completions.create(model="x", prompt="Once upon a time", temperature=0,
+                                      max_tokens=30).choices[0].text
+    assert again == expected
+    assert "internal error" not in server.log
+
+
+# --- bad input ---------------------------------------------------------------------------------
+def error_of(status, body):
+    err = json.loads(body)["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert "Traceback" not in err["message"]
+    return status, err
+
+
+OK_CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+
+
+@pytest.mark.parametrize("body, param", [
+    ({**OK_CHAT, "temperature": "hot"}, "temperature"),
+    ({**OK_CHAT, "temperature": -1}, "temperature"),
+    ({**OK_CHAT, "top_p": 2}, "top_p"),
+    ({**OK_CHAT, "top_k": -3}, "top_k"),
+    ({**OK_CHAT, "min_p": 1.5}, "min_p"),
+    ({**OK_CHAT, "max_tokens": 0}, "max_tokens"),
+    ({**OK_CHAT, "seed": -1}, "seed"),
+    ({**OK_CHAT, "stream": "yes"}, "stream"),
+    ({**OK_CHAT, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({**OK_CHAT, "n": 2}, "n"),
+    ({**OK_CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({**OK_CHAT, "logprobs": True}, "logprobs"),
+    ({**OK_CHAT, "response_format": {"type": "json_object"}}, "response_format"),
+    ({**OK_CHAT, "speculative": {"k": 99}}, "speculative.k"),
+    ({**OK_CHAT, "speculative": {"drafter": "magic"}}, "speculative.drafter"),
+    ({**OK_CHAT, "speculative": {"strict": "yes"}}, "speculative.strict"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "messages[0].content[0]"),
+    ({"messages": [{"role": "user"}]}, "messages[0].content"),
+    ({"max_tokens": 3}, "messages"),
+])
+def test_bad_fields_get_400_naming_them(server, body, param):
+    status, err = error_of(*request(server, "POST", "/v1/chat/completions", body)[::2])
+    assert status == 400, err
+    assert err["param"] == param and param.split("[")[0].split(".")[0] in err["message"]
+    assert err["type"] == "invalid_request_error"
+
+
+def test_unknown_fields_and_defaults_of_unsupported_ones_are_accepted(server):
+    body = {**OK_CHAT, "frobnicate": {"x": 1}, "user": "me", "n": 1, "tools": [],
+            "logprobs": False, "presence_penalty": 0, "response_format": {"type": "text"}}
+    status, _, raw = request(server, "POST", "/v1/chat/completions", body)
+    assert status == 200, raw
+
+
+def test_malformed_json_and_wrong_shapes(server):
+    for raw in (b"{not json", b"[1, 2]", b'{"messages": NaN}', b"\xff\xfe"):
+        status, err = error_of(*request(server, "POST", "/v1/chat/completions", raw)[::2])
+        assert status == 400, err
+    status, err = error_of(*request(server, "POST", "/v1/completions", {"prompt": 3})[::2])
+    assert status == 400 and err["param"] == "prompt"
+
+
+def test_body_over_the_limit_is_413(server):
+    import http.client
+
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    try:  # the declared length alone is refused: nothing is read
+        conn.putrequest("POST", "/v1/chat/completions")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(9 * 1024 * 1024))
+        conn.endheaders()
+        r = conn.getresponse()
+        status, err = error_of(r.status, r.read())
+    finally:
+        conn.close()
+    assert status == 413
+
+
+def test_prompt_over_the_context_is_context_length_exceeded(server, client):
+    status, err = error_of(*request(server, "POST", "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "word " * 3000}]})[::2])
+    assert status == 400 and err["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="x", prompt="word " * 3000)
+    assert chat(client, "Hi", temperature=0, max_tokens=3).choices  # still serving
+
+
+def test_unknown_path_and_method(server):
+    status, err = error_of(*request(server, "GET", "/v1/nothing")[::2])
+    assert status == 404
+    status, err = error_of(*request(server, "GET", "/v1/chat/completions")[::2])
+    assert status == 405
+
+
+# --- auth, queue, lifecycle ----------------------------------------------------------------------
+def test_api_key(model_args, workdir):
+    s = start(model_args, workdir, "auth", "--api-key", "s3cret", "--ctx", "512")
+    try:
+        for key in ("none", "wrong", "s3cret-and-more"):
+            with pytest.raises(openai.AuthenticationError):
+                chat(s.client(api_key=key), "Hi", max_tokens=2)
+        status, err = error_of(*request(s, "GET", "/v1/models")[::2])  # no header at all
+        assert status == 401 and err["code"] == "invalid_api_key"
+        assert chat(s.client(api_key="s3cret"), "Hi", max_tokens=2).choices
+        assert request(s, "GET", "/health")[0] == 200  # health needs no key
+    finally:
+        assert s.stop() == 0
+
+
+def test_key_from_the_environment(model_args, workdir):
+    s = start(model_args, workdir, "envkey", "--ctx", "512", env={"SPECLI_API_KEY": "k3y"})
+    try:
+        assert request(s, "GET", "/v1/models")[0] == 401
+        assert request(s, "GET", "/v1/models", headers={"Authorization": "Bearer k3y"})[0] == 200
+    finally:
+        assert s.stop() == 0
+
+
+def test_full_queue_gets_503_with_retry_after(model_args, workdir):
+    s = start(model_args, workdir, "queue", "--max-queue", "1", "--ctx", "4096")
+    try:
+        client = s.client()
+        holder = client.completions.create(model="x", prompt=LONG_RAW, temperature=0,
+                                           max_tokens=100_000, stream=True,
+                                           extra_body={"speculative": {"k": 0}})
+        next(iter(holder))  # generating now
+        results: list = []
+        waiting = threading.Thread(target=lambda: results.append(chat(s.client(), "Hi", max_tokens=2)))
+        waiting.start()
+        while json.loads(request(s, "GET", "/health")[2])["waiting"] < 1:
+            time.sleep(0.01)  # until the second request is queued behind the first
+        status, headers, body = request(s, "POST", "/v1/chat/completions", OK_CHAT)
+        status, err = error_of(status, body)
+        assert status == 503 and headers.get("retry-after") and err["code"] == "queue_full"
+        holder.close()  # frees the slot: the queued request runs
+        waiting.join(60)
+        assert results and results[0].choices
+    finally:
+        assert s.stop() == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_mid_stream_exits_0(model_args, workdir, sig):
+    s = start(model_args, workdir, f"signal{int(sig)}", "--ctx", "4096")
+    stream = s.client().completions.create(model="x", prompt=LONG_RAW, temperature=0,
+                                           max_tokens=100_000, stream=True,
+                                           extra_body={"speculative": {"k": 0}})
+    next(iter(stream))
+    assert s.stop(sig) == 0, s.log
+    assert "Traceback" not in s.log
+    with pytest.raises(Exception):  # the stream was cut (an error event, or the connection)
+        for _ in stream:
+            pass
+
+
+def test_non_loopback_without_a_key_refuses_to_start(model_args, workdir):
+    r = subprocess.run([sys.executable, "-m", "specli", "serve", *map(str, model_args),
+                        "--host", "0.0.0.0", "--port", "0"],
+                       capture_output=True, text=True, timeout=60,
+                       env={k: v for k, v in os.environ.items() if k != "SPECLI_API_KEY"})
+    assert r.returncode == 2
+    assert "--dangerously-serve-without-key" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_port_in_use_is_one_line(server, model_args):
+    r = subprocess.run([sys.executable, "-m", "specli", "serve", *map(str, model_args),
+                        "--port", str(server.port)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("specli: error: cannot listen")
+
+
+def test_help_does_not_import_the_web_stack():
+    code = ("import sys; from specli.cli import app\n"
+            "try:\n    app(['serve', '--help'], prog_name='specli')\nexcept SystemExit: pass\n"
+            "bad = [m for m in ('fastapi', 'uvicorn', 'starlette', 'llama_cpp') if m in sys.modules]\n"
+            "assert not bad, bad\n"
+            "import specli.engine\n"
+            "bad = [m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules]\n"
+            "assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "--api-key" in r.stdout and "curl" in r.stdout
