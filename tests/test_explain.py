@@ -133,3 +133,66 @@ def test_cli_normalize():
     r = specli("explain", "--p", "2,2", "--q", "1,3", "--normalize", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["beta"]["fraction"] == "3/4"
+
+
+# --------------------------------------------------------------- explain PROMPT, tiny models
+
+
+def _engine_rounds(target_path, draft_path, tokens, k, seed, temperature, n):
+    from specli.backend import LlamaModel
+    from specli.config import SamplingConfig, SpecConfig
+    from specli.drafters import ModelDrafter
+    from specli.engine import Round, speculative_generate
+
+    sampling = SamplingConfig(temperature=temperature)
+    t = LlamaModel(target_path, n_ctx=512, n_threads=1)
+    d = LlamaModel(draft_path, n_ctx=512, n_threads=1)
+    try:
+        drafter = ModelDrafter(d, sampling, t.n_vocab)
+        events = speculative_generate(t, drafter, tokens, sampling,
+                                      SpecConfig(k=k, max_tokens=256, seed=seed))
+        return [e for e in events if isinstance(e, Round)][:n]
+    finally:
+        t.close()
+        d.close()
+
+
+def test_explain_prompt_agrees_with_engine_rounds(tiny_target, tiny_draft):
+    n = 6
+    r = specli("explain", "--target", tiny_target, "--draft", tiny_draft, "--threads", "1",
+               "--ctx", "512", "--raw", "--k", "3", "--seed", "0", "--temperature", "0.8",
+               "--rounds", n, "--json", "The quick brown fox")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    shown = data["rounds"]
+    assert len(shown) == n
+    engine = _engine_rounds(tiny_target, tiny_draft, data["prompt_tokens"], 3, 0, 0.8, n)
+    for s, e in zip(shown, engine):  # the engine's own rounds, untraced, same seed
+        assert s["draft"] == list(e.draft_tokens) and s["token"] == e.token
+        assert s["accepted"] == e.n_accepted and s["bonus"] == e.bonus
+        positions = s["trace"]["positions"]
+        assert [p["accept"] for p in positions] == pytest.approx(list(e.accept_probs), abs=1e-6)
+        for p in positions:
+            assert p["accepted"] == (p["u"] < p["accept"])
+            assert p["accept"] == pytest.approx(min(1.0, p["p_x"] / p["q_x"]))
+    sources = {s["trace"]["source"] for s in shown}
+    assert sources == {"residual", "p"}, "want one rejection and one all-accepted round"
+    rejected = next(s for s in shown if s["trace"]["source"] == "residual")
+    assert rejected["trace"]["drawn_top"] and data["one_target_step_seconds"] > 0
+
+
+def test_explain_prompt_text_and_greedy(tiny_target, tiny_draft):
+    args = ["explain", "--target", tiny_target, "--draft", tiny_draft, "--threads", "1",
+            "--ctx", "512", "--raw", "--k", "3", "--rounds", "2"]
+    r = specli(*args, "--temperature", "0.8", "The quick brown fox")
+    assert r.returncode == 0, r.stderr
+    assert "round 1" in r.stdout and "min(1, p/q)" in r.stdout and "u = " in r.stdout
+    assert "one batched target decode" in r.stdout and "one target step" in r.stdout
+    g = specli(*args, "--temperature", "0", "The quick brown fox")
+    assert g.returncode == 0, g.stderr
+    assert "argmax" in g.stdout and "u = " not in g.stdout
+
+
+def test_explain_needs_one_mode():
+    r = specli("explain")
+    assert r.returncode == 2 and "either" in r.stderr
