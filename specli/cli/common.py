@@ -133,8 +133,10 @@ class Generation:
         return self._drafters[sampling]
 
     def generate(self, tokens: list[int], *, spec: SpecConfig | None = None,
-                 sampling: SamplingConfig | None = None):
-        """The engine's event stream; when it ends, --k auto's measured costs are kept."""
+                 sampling: SamplingConfig | None = None, trace: bool = False):
+        """The engine's event stream; when it ends, --k auto's measured costs are kept.
+
+        `trace`: rounds carry what verification saw (explain, --html); off, it costs nothing."""
         from specli.engine import speculative_generate
 
         spec = spec or self.spec
@@ -144,7 +146,7 @@ class Generation:
         chunk = self.strict_chunk(spec, policy)
         events = speculative_generate(self.loaded.target, drafter, tokens, sampling,
                                       spec, policy=policy, n_vocab=self.loaded.n_vocab,
-                                      verify_chunk=chunk)
+                                      verify_chunk=chunk, trace=trace)
         return _remembering(events, lambda: self.remember(policy))
 
     def strict_chunk(self, spec: SpecConfig, policy) -> int | None:
