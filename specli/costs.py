@@ -301,9 +301,13 @@ class KPolicy:
     Use one policy per drafter. For a free drafter (n-gram lookup) pass draft_cost=0.0;
     to let two policies learn the same target curve pass one VerifyCost as `verify`.
 
-    Probing (deterministic, no RNG): while the greedy choice is 0, every `probe_every`
+    Probing (deterministic, no RNG): while the greedy choice is 0, after `probe_every`
     observed rounds it returns `probe_k` once, so a falling cost or rising alpha is
-    noticed. While the greedy choice is > 0 and t_v(1) has fewer than
+    noticed. A probe that leaves the greedy choice at 0 doubles the wait before the next
+    one (up to `probe_max`); one that makes K > 0 pay resets it. Each probe first feeds the
+    draft every token it missed and then drafts at a predicted loss, so where drafting is
+    marginal, fixed-interval probes cost more than they find (auto ran 0.93x the target
+    alone there, with 27 probes in 240 rounds). While the greedy choice is > 0 and t_v(1) has fewer than
     `min_baseline_samples` measurements, it returns 0 in the second round and then once
     every `probe_every` rounds, so the baseline it compares against is measured.
     """
@@ -321,6 +325,7 @@ class KPolicy:
         probe_k: int = 2,
         min_baseline_samples: int = 3,
         window: int = 9,
+        probe_max: int = 64,
     ) -> None:
         if k_max < 0:
             raise ValueError(f"k_max must be >= 0, got {k_max}")
@@ -336,6 +341,8 @@ class KPolicy:
         self._draft = WindowedMedian(math.nan, window)
         self._draft_seed: float | None = None  # remembered t_d (see seed_draft)
         self.probe_every = probe_every
+        self.probe_max = max(probe_every, probe_max)
+        self._probe_gap = probe_every  # rounds at K = 0 before the next probe (see class doc)
         self.probe_k = min(max(1, probe_k), k_max) if k_max else 0
         self.min_baseline_samples = min_baseline_samples
         self.rounds = 0
@@ -394,7 +401,7 @@ class KPolicy:
         observe_round in between returns the same K.
         """
         k = self.greedy_k(alpha=alpha, draft_cost=draft_cost)
-        if k == 0 and self._since_spec >= self.probe_every and not self.hopeless(draft_cost):
+        if k == 0 and self._since_spec >= self._probe_gap and not self.hopeless(draft_cost):
             return self.probe_k
         return 0 if k > 0 and _baseline_due(self) else k
 
@@ -468,6 +475,9 @@ class KPolicy:
         self.acceptance.observe(k, n_accepted, draft_probs)
         if self.fixed_draft_cost is None:
             self._draft.add(draft_seconds / k)
+        # A probe that found nothing waits twice as long for the next one.
+        self._probe_gap = (self.probe_every if self.greedy_k() > 0
+                           else min(2 * self._probe_gap, self.probe_max))
 
     def seed_draft(self, seconds_per_token: float) -> None:
         """t_d remembered from earlier runs on this machine (see costcache)."""

@@ -184,19 +184,30 @@ def test_no_probes_when_even_perfect_acceptance_cannot_pay():
 
 def test_cpu_probe_then_back_to_zero():
     """A cheaper draft (0.2 t_v(1)) with poor acceptance: K = 0 now, but alpha near 1 would
-    pay, so the policy re-probes now and then."""
+    pay, so the policy re-probes now and then, each unproductive probe doubling the wait."""
     policy = KPolicy(8, probe_every=16, probe_k=2)
-    ks = run_rounds(policy, 200, alpha=0.3, t_d=0.2 * T1, t_v=cpu_curve)
+    ks = run_rounds(policy, 600, alpha=0.3, t_d=0.2 * T1, t_v=cpu_curve)
     assert not policy.hopeless()
-    late = ks[100:]
+    late = ks[40:]
     probes = [i for i, k in enumerate(late) if k > 0]
     assert probes, "no re-probe while at K = 0"
     assert all(late[i] == 2 for i in probes)
     for i in probes:  # each probe is a single round, followed by K = 0 again
         if i + 1 < len(late):
             assert late[i + 1] == 0
-    gaps = np.diff(probes)
-    assert set(gaps.tolist()) == {17}  # 16 K = 0 rounds, then the probe
+    gaps = np.diff([i for i, k in enumerate(ks) if k > 0]).tolist()
+    assert gaps[-3:] == [65, 65, 65]  # backed off to probe_max = 64 K = 0 rounds
+    assert gaps == sorted(gaps) and gaps[0] < 65, gaps
+
+
+def test_a_productive_probe_resets_the_wait():
+    """When acceptance rises, the probe that finds it makes K > 0 pay; after it falls
+    again, probing restarts at the short interval."""
+    policy = KPolicy(8, probe_every=16, probe_k=2)
+    run_rounds(policy, 400, alpha=0.3, t_d=0.2 * T1, t_v=cpu_curve)
+    assert policy._probe_gap > 16
+    ks = run_rounds(policy, 1500, alpha=0.95, t_d=0.2 * T1, t_v=cpu_curve)
+    assert max(ks[-50:]) > 0 and policy._probe_gap == 16
 
 
 def test_probing_is_deterministic_and_choose_k_idempotent():
