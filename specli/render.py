@@ -130,6 +130,13 @@ def stats_table(stats, stop_reason: str, title: str = "specli") -> Table:
     t = Table(title=title, show_header=False, box=None, pad_edge=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
+    for k, v in stats_rows(stats, stop_reason):
+        t.add_row(k, v)
+    return t
+
+
+def stats_rows(stats, stop_reason: str) -> list[tuple[str, str]]:
+    """(label, value) rows of the stats panel: the terminal table and the HTML trace share them."""
     dec = stats.decode_seconds or 1e-9
     rows = [
         ("tokens", f"{stats.new_tokens} new, {stats.prompt_tokens} prompt"),
@@ -145,6 +152,4 @@ def stats_table(stats, stop_reason: str, title: str = "specli") -> Table:
         *_overlap_rows(stats),
         ("stopped", stop_reason),
     ]
-    for k, v in rows:
-        t.add_row(k, v)
-    return t
+    return rows

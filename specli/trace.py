@@ -47,6 +47,7 @@ class RoundTrace:
     token: int
     token_text: str
     token_prob: float  # probability of `token` under the distribution it was drawn from
+    token_p: float  # p(token) at its position (greedy: the untempered softmax)
     drawn_top: tuple[Alt, ...]  # that distribution's top entries (the residual's on a rejection)
     p_top: tuple[Alt, ...]  # p at the token's position
 
@@ -75,7 +76,7 @@ def build_trace(target, prop, verdict, p_rows, rows, uniforms, greedy: bool) -> 
     drawn = p_n if verdict.bonus or not prop.tokens else residual(p_n, prop.q[n])
     return RoundTrace(False, tuple(positions), "p" if drawn is p_n else "residual", verdict.token,
                       target.token_text(verdict.token), drawn.prob(verdict.token),
-                      _alts(target, drawn), _alts(target, p_n))
+                      p_n.prob(verdict.token), _alts(target, drawn), _alts(target, p_n))
 
 
 def _greedy_trace(target, prop, verdict, rows) -> RoundTrace:
@@ -89,4 +90,5 @@ def _greedy_trace(target, prop, verdict, rows) -> RoundTrace:
     soft = softmax_dist(np.asarray(rows[verdict.n_accepted]))
     alts = _alts(target, soft)
     return RoundTrace(True, tuple(positions), "argmax", verdict.token,
-                      target.token_text(verdict.token), soft.prob(verdict.token), alts, alts)
+                      target.token_text(verdict.token), soft.prob(verdict.token),
+                      soft.prob(verdict.token), alts, alts)

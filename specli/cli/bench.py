@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from dataclasses import asdict, replace
@@ -30,6 +31,8 @@ Examples:
   specli bench --drafter model,ngram,auto --k 0,4,auto --suite edit
 
   specli bench --prompts mine.jsonl --k 0,2,auto --json - | jq .summary.suites
+
+  specli bench --k 0,1,2,4 --html report.html                # the report as a page, with charts
 """
 
 
@@ -82,6 +85,9 @@ def bench_cmd(
     csv_file: Annotated[Optional[Path], typer.Option(
         "--csv", help="Write one CSV line per run to FILE.", rich_help_panel="Output")] = None,
     plain: Annotated[bool, typer.Option("--plain", help="No colours.", rich_help_panel="Output")] = False,
+    html_file: Annotated[Optional[Path], typer.Option(
+        "--html", help="Also write the report as a self-contained HTML page with charts to FILE.",
+        rich_help_panel="Output")] = None,
 ) -> None:
     from specli import bench
     from specli.render_bench import print_report
@@ -92,7 +98,7 @@ def bench_cmd(
     items = _load_prompts(suite, prompts, limit)
     out, err = consoles(plain=plain)
     to_stdout = json_file == "-"
-    _check_writable(json_file if not to_stdout else None, csv_file)
+    _check_writable(json_file if not to_stdout else None, csv_file, html_file)
     needs_model = any(d in ("model", "auto") for d in cfg.drafters)
     k_load = "auto" if "auto" in cfg.ks else str(max(x for x in cfg.ks if x != "auto"))
     with open_generation(
@@ -124,10 +130,13 @@ def bench_cmd(
         _write_json(result.to_json(), json_file)
     if csv_file is not None:
         _write_csv(result.results, csv_file)
+    if html_file is not None:
+        _write_html(result.summary, html_file)
     print_report(err if to_stdout else out, result.summary)
     err.print(f"bench: {len(result.results)} runs in {result.summary['elapsed_s']:.0f} s"
               + (f"; JSON in {json_file}" if json_file not in (None, "-") else "")
-              + (f"; CSV in {csv_file}" if csv_file else ""))
+              + (f"; CSV in {csv_file}" if csv_file else "")
+              + (f"; HTML in {html_file}" if html_file else ""))
     if result.interrupted:
         raise typer.Exit(130)
 
@@ -198,6 +207,23 @@ def _write_json(data: dict, dest: str) -> None:
         Path(dest).write_text(text + "\n", encoding="utf-8")
     except OSError as e:
         raise UsageError(f"cannot write --json file {dest}: {e.strerror}") from None
+
+
+def _write_html(summary: dict, dest: Path) -> None:
+    """The report as a page (specli.report imports matplotlib: only when asked for)."""
+    from rich.console import Console
+
+    from specli.render_bench import recommendation, report
+    from specli.report.html import bench_page
+
+    text = Console(width=140, record=True, file=io.StringIO(), color_system=None)
+    text.print(report(summary))
+    title = f"specli bench · {Path(summary.get('target') or 'target').name} · {summary.get('device', '')}"
+    page = bench_page(summary, title, text.export_text(), recommendation(summary).plain)
+    try:
+        dest.write_text(page, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot write --html file {dest}: {e.strerror}") from None
 
 
 def _write_csv(rows: list[dict], dest: Path) -> None:

@@ -31,6 +31,8 @@ Examples:
   cat prompt.txt | specli run -                              # prompt from stdin
 
   specli run --target ./big.gguf --draft ./small.gguf --file prompt.txt
+
+  specli run --html trace.html "Write a haiku"                # a page to explore the rounds
 """
 
 
@@ -66,9 +68,14 @@ def run_cmd(
                                         rich_help_panel="Output")] = False,
     show: Annotated[str, typer.Option("--show", help="rejected (show rejected drafts), accepted, or plain.",
                                       rich_help_panel="Output")] = "rejected",
+    html_file: Annotated[Optional[Path], typer.Option(
+        "--html", help="Also write a self-contained HTML trace to FILE: tokens with p, q and the draws behind each verdict, charts, stats.",
+        rich_help_panel="Output")] = None,
 ) -> None:
     if show not in ("rejected", "accepted", "plain"):
         raise UsageError(f"--show must be rejected, accepted or plain, got {show!r}")
+    if html_file is not None and not html_file.resolve().parent.is_dir():
+        raise UsageError(f"cannot write {html_file}: no such directory {html_file.parent}")
     text = read_prompt(prompt, file)
     out, err = consoles(plain=plain or json_out)
     with open_generation(
@@ -78,13 +85,17 @@ def run_cmd(
         n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers, strict=strict,
     ) as gen:
         tokens = gen.prompt_tokens(text, system=system, raw=raw)
-        events = gen.generate(tokens)
+        events = gen.generate(tokens, trace=html_file is not None)
+        rounds: list = []
         if json_out:
             done, rounds = _collect(events)
             print(json.dumps(_json_result(gen, done, rounds), ensure_ascii=False))
         else:
             mode = show if out.is_terminal and not plain else "plain"  # no struck text in pipes
-            done = _stream(events, out, err, gen, show=mode)
+            done = _stream(events, out, err, gen, show=mode, rounds=rounds)
+        if html_file is not None:
+            _write_html(html_file, gen, done, rounds)
+            err.print(f"HTML trace in {html_file}")
     if done.stop_reason == "interrupted":
         raise typer.Exit(130)
 
@@ -101,7 +112,7 @@ def _collect(events):
     raise RuntimeError("engine ended without a Done event")
 
 
-def _stream(events, out, err, gen, show):
+def _stream(events, out, err, gen, show, rounds=None):
     from specli.render import LiveView, stats_table
 
     view = LiveView(out, mode=show, k_label=str(gen.spec.k))
@@ -113,6 +124,8 @@ def _stream(events, out, err, gen, show):
                     done = ev
                     break
                 view.round(ev)
+                if rounds is not None:
+                    rounds.append(ev)
         except KeyboardInterrupt:
             done = events.throw(KeyboardInterrupt)
         view.finish(done)
@@ -120,6 +133,19 @@ def _stream(events, out, err, gen, show):
         err.print(f"[yellow]{done.message}[/]")
     err.print(stats_table(done.stats, done.stop_reason, title=gen.title()))
     return done
+
+
+def _write_html(path: Path, gen, done, rounds) -> None:
+    """The self-contained trace page (specli.report, imported only here: matplotlib is heavy)."""
+    from specli.render import stats_rows
+    from specli.report.html import trace_page
+
+    config = _json_result(gen, done, [])["config"]
+    page = trace_page(rounds, done, gen.title(), stats_rows(done.stats, done.stop_reason), config)
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot write --html file {path}: {e.strerror}") from None
 
 
 def _json_result(gen, done, rounds) -> dict:
