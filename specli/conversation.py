@@ -152,6 +152,7 @@ class Conversation:
         self.target = gen.loaded.target
         self.template = ChatTemplate.of(self.target)
         self._policies: dict = {}  # --k auto keeps what it measured across replies
+        self._ngram = None  # one n-gram index for every reply (see drafter_policy)
 
     def tokens(self, messages: Sequence[dict]) -> list[int]:
         """The prompt of `messages` (dicts with role, content, and maybe the reply's tokens)."""
@@ -192,18 +193,22 @@ class Conversation:
 
     def drafter_policy(self, spec: SpecConfig, sampling: SamplingConfig,
                        drafter_name: str | None = None):
-        """A fresh drafter for this reply, warping exactly as the target does (same sampling).
+        """The drafter for this reply, warping exactly as the target does (same sampling).
 
-        Fresh each reply: the KV state lives in the models, and its n-gram index is built
-        from the whole prompt, so it always covers the conversation as it stands now
-        (after a retry, a reset or trimming, an older index would be stale).
+        The model drafter is made afresh (its KV state lives in the draft model); the n-gram
+        index carries over: at prefill it keeps the prefix the new prompt shares with what
+        it indexed and indexes the rest, so after a retry, a reset or trimming it is never
+        stale, and a growing conversation is not re-indexed from its start every reply.
         """
         if spec.k == 0:
             return None, None
+        from specli.drafters import NgramDrafter
         from specli.session import make_drafter
 
         name = drafter_name or self.gen.drafter_name
-        drafter = make_drafter(self.gen.loaded, name, sampling)
+        if self._ngram is None:
+            self._ngram = NgramDrafter()
+        drafter = make_drafter(self.gen.loaded, name, sampling, ngram=self._ngram)
         key = (spec.k, spec.k_max, name, sampling)
         if key not in self._policies:
             self._policies[key] = self.gen.policy(spec, drafter)  # --k auto: remembered costs

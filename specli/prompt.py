@@ -7,6 +7,7 @@ draft must share the target's vocabulary (checked at load), so the ids mean the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 from specli.errors import SpecliError
@@ -36,8 +37,9 @@ class ChatTemplate:
         return ChatTemplate(src or FALLBACK_TEMPLATE, model.token_text(model.bos),
                             model.token_text(model.eos), src is None)
 
-    def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
-        import jinja2
+    @cached_property
+    def _compiled(self):
+        """The Jinja template, compiled once (compiling costs milliseconds; rendering does not)."""
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         def raise_exception(msg: str):
@@ -45,8 +47,13 @@ class ChatTemplate:
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = raise_exception
+        return env.from_string(self.source)
+
+    def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        import jinja2
+
         try:
-            tpl = env.from_string(self.source)
+            tpl = self._compiled
             return tpl.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
                               bos_token=self.bos_token, eos_token=self.eos_token, tools=None)
         except jinja2.TemplateError as e:

@@ -86,18 +86,23 @@ def load_models(paths: ModelPaths, runtime: RuntimeConfig, *, force: bool = Fals
     return Loaded(target, draft, n_vocab, warning)
 
 
-def make_drafter(loaded: Loaded, drafter: str, sampling: SamplingConfig):
-    """The drafter for --drafter model|ngram|auto (auto falls back to ngram without a draft)."""
+def make_drafter(loaded: Loaded, drafter: str, sampling: SamplingConfig, ngram=None):
+    """The drafter for --drafter model|ngram|auto (auto falls back to ngram without a draft).
+
+    `ngram`: an NgramDrafter to reuse (its index keeps the prefix a new prompt shares with
+    the last one, so a conversation is not re-indexed from scratch every reply).
+    """
     from specli.drafters import HybridDrafter, ModelDrafter, NgramDrafter
 
     if drafter not in ("model", "ngram", "auto"):
         raise UsageError(f"--drafter must be model, ngram or auto, got {drafter!r}")
+    ngram = ngram if ngram is not None else NgramDrafter()
     if drafter == "ngram" or (drafter == "auto" and loaded.draft is None):
-        return NgramDrafter()
+        return ngram
     if loaded.draft is None:
         raise UsageError("--drafter model needs a draft model: give --draft or --pair")
     model = ModelDrafter(loaded.draft, sampling, loaded.n_vocab)
-    return model if drafter == "model" else HybridDrafter(model, NgramDrafter())
+    return model if drafter == "model" else HybridDrafter(model, ngram)
 
 
 def make_policy(spec: SpecConfig, drafter):
