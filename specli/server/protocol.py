@@ -142,6 +142,8 @@ def parse_json(raw: bytes) -> dict:
         data = json.loads(raw.decode("utf-8"), parse_constant=no_constants)
     except (UnicodeDecodeError, ValueError) as e:
         raise bad_request(f"the body is not valid JSON: {e}") from None
+    except RecursionError:  # nested deeper than the parser goes
+        raise bad_request("the body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise bad_request("the body must be a JSON object")
     return data
