@@ -160,7 +160,20 @@ def test_browser_renders_the_trace(run_html, tmp_path):
     assert page.tokens == len(data["tokens"])
     assert page.svgs == 2 and page.paths > 10
     assert "".join(page.token_text) == data["text"]  # the page shows the generated text
-    assert "hover or click a token" in dom  # the detail panel; the script parsed its data
+    assert "hover or click a token" in dom  # the detail panel, before any hover
+
+
+def test_browser_hover_shows_the_details(run_html, tmp_path):
+    """Hovering a token (an event dispatched in the page) fills the panel with its numbers."""
+    _, path = run_html
+    hover = ("<script>for (const el of document.querySelectorAll('.tok.acc-model'))"
+             "{ el.dispatchEvent(new Event('mouseenter')); break; }</script></body>")
+    page = tmp_path / "hover.html"
+    page.write_text(path.read_text(encoding="utf-8").replace("</body>", hover), encoding="utf-8")
+    dom = _dump_dom(_browser(), page, tmp_path)
+    panel = dom.split("id=\"detail\"")[1].split("id=\"text\"")[0]
+    assert "accepted draft (model)" in panel and "min(1, p/q)" in panel
+    assert "u drawn" in panel and "top p:" in panel and "top q:" in panel
 
 
 def test_browser_renders_the_bench_report(bench_html, tmp_path):
