@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     from specli.prompt import build_prompt
     from specli.session import ModelPaths, load_models, resolve_paths
 
-    paths = (ModelPaths(args.target, args.draft) if args.target and args.draft
+    paths = (ModelPaths(Path(args.target), Path(args.draft)) if args.target and args.draft
              else resolve_paths(pair=None, target=None, draft=None, progress=False))
     loaded = load_models(paths, RuntimeConfig(n_ctx=args.ctx, n_threads=args.threads))
     try:

@@ -196,8 +196,22 @@ def overlap(p: Dist, q: Dist) -> tuple[float, float]:
     """
     # Only the smaller support can contribute: look it up in the other (both ids sorted).
     small, big = (p, q) if len(p.ids) <= len(q.ids) else (q, p)
-    a, b = small.probs, big.at(small.ids)
+    if _same_range(p.ids, q.ids):  # no filter cut either (top-k 0, top-p 1): aligned already
+        return float(np.minimum(p.probs, q.probs).sum()), float(np.dot(p.probs, q.probs))
+    if len(big.ids) > 2048:  # a scatter is O(V); searchsorted over 150k ids costs ~20x more
+        dense = np.zeros(int(max(big.ids[-1], small.ids[-1])) + 1)
+        dense[big.ids] = big.probs
+        b = dense[small.ids]
+    else:
+        b = big.at(small.ids)
+    a = small.probs
     return float(np.minimum(a, b).sum()), float((a * b).sum())
+
+
+def _same_range(a: np.ndarray, b: np.ndarray) -> bool:
+    """Both are the same contiguous run of ids (ids are strictly ascending)."""
+    return (len(a) == len(b) and a[0] == b[0] and a[-1] == b[-1]
+            and int(a[-1]) - int(a[0]) + 1 == len(a))
 
 
 def top_entries(d: Dist, n: int = 5) -> list[tuple[int, float]]:

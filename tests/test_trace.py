@@ -97,3 +97,21 @@ def test_trace_with_hybrid_drafter(models):
                            min_match=2)
     rounds, _ = run(target, draft, SAMPLED, trace=True, drafter=hybrid, max_tokens=60)
     assert all(r.trace is not None for r in rounds)
+
+
+@pytest.mark.parametrize("n,cut", [(6, False), (6, True), (5000, False), (5000, True)])
+def test_overlap_matches_dense_sums(n, cut):
+    """Every path of overlap (aligned, sparse lookup, dense scatter) equals the dense sums."""
+    rng = np.random.default_rng(n)
+    pd, qd = rng.random(n), rng.random(n)
+    if cut:
+        pd[rng.random(n) < 0.4] = 0.0
+        qd[rng.random(n) < 0.4] = 0.0
+    pd, qd = pd / pd.sum(), qd / qd.sum()
+
+    def sparse(d):
+        ids = np.flatnonzero(d)
+        return Dist(ids, d[ids])
+
+    beta, pq = overlap(sparse(pd), sparse(qd))
+    assert beta == pytest.approx(np.minimum(pd, qd).sum()) and pq == pytest.approx(pd @ qd)
