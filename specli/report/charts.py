@@ -69,6 +69,7 @@ def lines_chart(series: dict[str, tuple[Sequence, Sequence]], xlabel: str, ylabe
             ax.axhline(hline[0], color="#868e96", linestyle="--", linewidth=1, label=hline[1])
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
+        ax.xaxis.get_major_locator().set_params(integer=True)  # K and n are counts
         ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return _svg(fig)
 
