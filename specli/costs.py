@@ -295,6 +295,9 @@ class CostSnapshot:
     speedup: float  # predicted speedup of k_best over the target alone
 
 
+PROBE_K_MAX = 4  # a probe's draft length when it is chosen from the cost curve
+
+
 class KPolicy:
     """Chooses K per round from measured costs and acceptance; see the module docstring.
 
@@ -302,12 +305,15 @@ class KPolicy:
     to let two policies learn the same target curve pass one VerifyCost as `verify`.
 
     Probing (deterministic, no RNG): while the greedy choice is 0, after `probe_every`
-    observed rounds it returns `probe_k` once, so a falling cost or rising alpha is
+    observed rounds it returns a probe K once, so a falling cost or rising alpha is
     noticed. A probe that leaves the greedy choice at 0 doubles the wait before the next
     one (up to `probe_max`); one that makes K > 0 pay resets it. Each probe first feeds the
     draft every token it missed and then drafts at a predicted loss, so where drafting is
     marginal, fixed-interval probes cost more than they find (auto ran 0.93x the target
-    alone there, with 27 probes in 240 rounds). While the greedy choice is > 0 and t_v(1) has fewer than
+    alone there, with 27 probes in 240 rounds). The probe K is `probe_k` if given, else
+    the K that would pay best if every draft were accepted (at most PROBE_K_MAX): on a
+    stepped CPU curve (t_v(4) < t_v(3)) a fixed K = 2 probe is both the dearest and the
+    least informative one. While the greedy choice is > 0 and t_v(1) has fewer than
     `min_baseline_samples` measurements, it returns 0 in the second round and then once
     every `probe_every` rounds, so the baseline it compares against is measured.
     """
@@ -322,7 +328,7 @@ class KPolicy:
         prior_draft_ratio: float = 0.25,
         alpha_weight: float = 0.05,
         probe_every: int = 16,
-        probe_k: int = 2,
+        probe_k: int | None = None,
         min_baseline_samples: int = 3,
         window: int = 9,
         probe_max: int = 64,
@@ -343,7 +349,7 @@ class KPolicy:
         self.probe_every = probe_every
         self.probe_max = max(probe_every, probe_max)
         self._probe_gap = probe_every  # rounds at K = 0 before the next probe (see class doc)
-        self.probe_k = min(max(1, probe_k), k_max) if k_max else 0
+        self.probe_k = (min(max(1, probe_k), k_max) if k_max else 0) if probe_k is not None else None
         self.min_baseline_samples = min_baseline_samples
         self.rounds = 0
         self._since_spec = 0  # observed rounds since the last K > 0 round
@@ -402,8 +408,15 @@ class KPolicy:
         """
         k = self.greedy_k(alpha=alpha, draft_cost=draft_cost)
         if k == 0 and self._since_spec >= self._probe_gap and not self.hopeless(draft_cost):
-            return self.probe_k
+            return self.probe_size(draft_cost)
         return 0 if k > 0 and _baseline_due(self) else k
+
+    def probe_size(self, draft_cost: float | None = None) -> int:
+        """K of a probe round: fixed, or the best K at alpha = 1 (capped)."""
+        if self.probe_k is not None or self.k_max == 0:
+            return self.probe_k or 0
+        return max(1, min(PROBE_K_MAX, self.k_max,
+                          self.greedy_k(alpha=1.0, draft_cost=draft_cost)))
 
     def hopeless(self, draft_cost: float | None = None) -> bool:
         """True when the measured costs rule speculation out even at alpha = 1.

@@ -414,3 +414,20 @@ def test_match_acceptance_stays_non_decreasing_in_match_length():
     assert values == sorted(values)
     assert acc(40) < match_prior(40)  # the rejections still count
     assert acc(1) == pytest.approx(match_prior(1))  # short matches were never judged
+
+
+def test_probe_length_follows_the_stepped_curve():
+    """On a CPU curve with a step (t_v(4) < t_v(3), as measured on AVX-512: 1.00 1.56 2.10
+    1.82 2.50 x t_v(1)), probes draft the K that pays best at alpha = 1 (K = 3), not K = 2."""
+    steps = [1.00, 1.56, 2.10, 1.82, 2.50, 2.91, 3.40, 3.68, 3.93]
+
+    def stepped(n: int) -> float:
+        return T1 * steps[n - 1]
+
+    policy = KPolicy(8, probe_every=16)
+    for n in range(1, 10):  # remembered from a calibration, as run and bench start
+        policy.verify.seed(n, stepped(n))
+    ks = run_rounds(policy, 200, alpha=0.5, t_d=0.48 * T1, t_v=stepped)
+    probes = [k for k in ks[30:] if k > 0]
+    assert probes and set(probes) == {3}
+    assert KPolicy(8, probe_k=2).probe_size() == 2  # a fixed probe length still wins
