@@ -60,8 +60,19 @@ def check_gguf_file(path: Path) -> None:
     check_gguf(Path(path))
 
 
+WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
+
+
 def _llama():
-    """Import llama_cpp once, route its logging to Python logging, init the backend."""
+    """Import llama_cpp once, route its logging to Python logging, init the backend.
+
+    llama.cpp's OpenMP worker threads spin while they wait for each other; with more
+    runnable threads than cores (a compile beside us) every wait is for a descheduled
+    thread and decoding collapses (2 cores, 2 busy loops: 0.32 tok/s spinning, 5.7 tok/s
+    passive; idle: 10.5 vs 10.7, the same). So unless the user set it, OpenMP waits
+    passively. It must be set before libgomp loads, i.e. before llama_cpp is imported.
+    """
+    os.environ.setdefault(WAIT_POLICY_ENV, "PASSIVE")
     import llama_cpp
 
     if not getattr(llama_cpp, "_specli_ready", False):
