@@ -192,6 +192,20 @@ def exact_two_token_distribution(target, prompt, cfg):
     return joint
 
 
+def chi_square(counts, joint, n) -> tuple[float, float, int]:
+    """(chi2, critical value, dof) of `counts` (n draws) against the exact `joint`."""
+    # Pool cells with small expectation so the chi-square approximation holds.
+    cells = sorted(joint, key=joint.get, reverse=True)
+    big = [c for c in cells if joint[c] * n >= 5]
+    obs = [counts[c] for c in big] + [n - sum(counts[c] for c in big)]
+    exp = [joint[c] * n for c in big] + [n * (1 - sum(joint[c] for c in big))]
+    chi2 = sum((o - e) ** 2 / e for o, e in zip(obs, exp) if e > 0)
+    dof = len(obs) - 1
+    # Wilson-Hilferty approximation of the 0.9995 quantile of chi-square(dof).
+    crit = dof * (1 - 2 / (9 * dof) + 3.29 * np.sqrt(2 / (9 * dof))) ** 3
+    return chi2, crit, dof
+
+
 @pytest.mark.parametrize("k", [0, 2, 4])
 def test_sampled_output_follows_the_target_distribution(models, k):
     """Over 1,500 fixed seeds, the first two generated tokens follow the target's exact
@@ -207,16 +221,7 @@ def test_sampled_output_follows_the_target_distribution(models, k):
                            check_kv=False)
         counts[tuple(done.tokens[:2])] += 1
     assert set(counts) <= set(joint)
-    # Pool cells with small expectation so the chi-square approximation holds.
-    cells = sorted(joint, key=joint.get, reverse=True)
-    big = [c for c in cells if joint[c] * n >= 5]
-    obs = [counts[c] for c in big] + [n - sum(counts[c] for c in big)]
-    exp = [joint[c] * n for c in big] + [n * (1 - sum(joint[c] for c in big))]
-    chi2 = sum((o - e) ** 2 / e for o, e in zip(obs, exp) if e > 0)
-    dof = len(obs) - 1
-    # Wilson-Hilferty approximation of the 0.9995 quantile of chi-square(dof).
-    z = 3.29
-    crit = dof * (1 - 2 / (9 * dof) + z * np.sqrt(2 / (9 * dof))) ** 3
+    chi2, crit, dof = chi_square(counts, joint, n)
     assert chi2 < crit, f"chi2={chi2:.1f} >= {crit:.1f} (dof={dof})"
 
 
@@ -295,11 +300,5 @@ def test_sampled_distribution_with_point_mass_and_hybrid_drafts(models, kind, k)
         drafter = make_drafter(kind, draft, cfg, target.n_vocab)
         _, done = run_with(target, drafter, prompt, k, sampling=cfg, max_tokens=2, seed=seed)
         counts[tuple(done.tokens[:2])] += 1
-    cells = sorted(joint, key=joint.get, reverse=True)
-    big = [c for c in cells if joint[c] * n >= 5]
-    obs = [counts[c] for c in big] + [n - sum(counts[c] for c in big)]
-    exp = [joint[c] * n for c in big] + [n * (1 - sum(joint[c] for c in big))]
-    chi2 = sum((o - e) ** 2 / e for o, e in zip(obs, exp) if e > 0)
-    dof = len(obs) - 1
-    crit = dof * (1 - 2 / (9 * dof) + 3.29 * np.sqrt(2 / (9 * dof))) ** 3
+    chi2, crit, dof = chi_square(counts, joint, n)
     assert chi2 < crit, f"chi2={chi2:.1f} >= {crit:.1f} (dof={dof})"

@@ -113,23 +113,12 @@ def test_strict_greedy_equals_target_alone_for_every_k(models, kind, prompt):
         assert target.tokens == list(tokens) + list(done.tokens[:-1]) or done.stop_reason != "max_tokens"
 
 
-def chi_square_ok(counts, joint, n) -> tuple[bool, str]:
-    cells = sorted(joint, key=joint.get, reverse=True)
-    big = [c for c in cells if joint[c] * n >= 5]
-    obs = [counts[c] for c in big] + [n - sum(counts[c] for c in big)]
-    exp = [joint[c] * n for c in big] + [n * (1 - sum(joint[c] for c in big))]
-    chi2 = sum((o - e) ** 2 / e for o, e in zip(obs, exp) if e > 0)
-    dof = len(obs) - 1
-    crit = dof * (1 - 2 / (9 * dof) + 3.29 * np.sqrt(2 / (9 * dof))) ** 3
-    return chi2 < crit, f"chi2={chi2:.1f} crit={crit:.1f} dof={dof}"
-
-
 @pytest.mark.parametrize("kind,k,chunk", [("model", 4, 2), ("model", 5, 1), ("ngram", 6, 2)])
 def test_chunked_verification_is_exact(models, kind, k, chunk):
     """Sampled output of chunked verification follows the target's exact distribution
     (chi-square over fixed seeds). With K = 4 in chunks of 2 (3 calls of 2, 2, 1 rows),
     first rounds are rejected in the first chunk, in the second, and accepted whole."""
-    from test_engine import exact_two_token_distribution
+    from test_engine import chi_square, exact_two_token_distribution
 
     target, draft = models
     cfg = SamplingConfig(temperature=1.0, top_k=6, top_p=1.0, min_p=0.0)
@@ -143,8 +132,8 @@ def test_chunked_verification_is_exact(models, kind, k, chunk):
         r = rounds[0]
         if r.draft_tokens:
             where["all" if r.bonus else f"chunk{r.n_accepted // chunk}"] += 1
-    ok, msg = chi_square_ok(counts, joint, n)
-    assert ok, msg
+    chi2, crit, dof = chi_square(counts, joint, n)
+    assert chi2 < crit, f"chi2={chi2:.1f} >= {crit:.1f} (dof={dof})"
     if kind == "model" and chunk == 2:
         assert where["chunk0"] and where["chunk1"] and where["all"], where
 
