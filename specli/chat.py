@@ -304,7 +304,9 @@ class ChatSession:
                       "'User:/Assistant:' format (see README)")
         self.turns: list[Turn] = []
         self.totals = Totals()
-        self.on_round: Callable | None = None  # test hook: called after each rendered round
+        self.on_round: Callable | None = None  # called after each rendered round
+        self.on_reply: Callable | None = None  # called with each finished reply's Done
+        self.trace = False  # rounds carry verification detail (chat --html)
 
     # --- the loop ---------------------------------------------------------------------
     def run(self, read: Callable[[str], str]) -> None:
@@ -383,7 +385,7 @@ class ChatSession:
             return None
         spec = replace(self.spec, seed=self.seed + self.n_replies)
         try:
-            reply = self.core.reply(tokens, spec, self.sampling)
+            reply = self.core.reply(tokens, spec, self.sampling, trace=self.trace)
         except SpecliError as e:
             self._error(e)
             self.chat.messages.pop()
@@ -404,6 +406,8 @@ class ChatSession:
         self.turns.append(turn)
         self.totals.add(turn)
         self._after_reply(done, turn)
+        if self.on_reply is not None:
+            self.on_reply(done)
         return turn
 
     def _stream(self, reply, spec):

@@ -98,7 +98,8 @@ class Reply:
     """
 
     def __init__(self, conv: "Conversation", tokens: list[int], spec: SpecConfig,
-                 sampling: SamplingConfig, drafter_name: str | None = None) -> None:
+                 sampling: SamplingConfig, drafter_name: str | None = None,
+                 trace: bool = False) -> None:
         from specli.engine import speculative_generate
 
         drafter, self.policy = conv.drafter_policy(spec, sampling, drafter_name)
@@ -114,7 +115,7 @@ class Reply:
                                 if self.draft_model is not None else None)
         self.events = speculative_generate(target, drafter, tokens, sampling, spec,
                                            policy=self.policy, n_vocab=conv.gen.loaded.n_vocab,
-                                           verify_chunk=chunk)
+                                           verify_chunk=chunk, trace=trace)
 
     @property
     def prompt_reused(self) -> int:
@@ -184,12 +185,13 @@ class Conversation:
                                    f"{n_ctx}; it does not fit")
 
     def reply(self, tokens: list[int], spec: SpecConfig, sampling: SamplingConfig,
-              drafter_name: str | None = None) -> Reply:
+              drafter_name: str | None = None, trace: bool = False) -> Reply:
         """Start generating the reply to `tokens` (see Reply for the protocol).
 
-        `drafter_name` (model, ngram, auto) defaults to the loaded pair's own setting.
+        `drafter_name` (model, ngram, auto) defaults to the loaded pair's own setting;
+        `trace`: rounds carry what verification saw (for --html).
         """
-        return Reply(self, tokens, spec, sampling, drafter_name)
+        return Reply(self, tokens, spec, sampling, drafter_name, trace)
 
     def drafter_policy(self, spec: SpecConfig, sampling: SamplingConfig,
                        drafter_name: str | None = None):

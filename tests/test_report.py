@@ -88,6 +88,21 @@ def test_run_html_one_element_per_token_and_offline(run_html):
     assert "script" in page.tags and "style" in page.tags
 
 
+def test_chat_html_is_the_trace_of_each_reply(tiny_target, tiny_draft, tmp_path):
+    """chat --html rewrites FILE after every reply with that reply's trace."""
+    path = tmp_path / "reply.html"
+    env = {**os.environ, "NO_COLOR": "1"}
+    r = subprocess.run([sys.executable, "-m", "specli", "chat", "--target", str(tiny_target),
+                        "--draft", str(tiny_draft), "--threads", "1", "--ctx", "512", "--k", "3",
+                        "--temperature", "0", "-n", "12", "--html", str(path)],
+                       input="Hello there\nAnd again\n", capture_output=True, text=True,
+                       timeout=180, env=env)
+    assert r.returncode == 0, r.stderr
+    page = parse(path.read_text(encoding="utf-8"))
+    assert page.fetches == [] and 0 < page.tokens <= 12
+    assert "".join(page.token_text).strip() in r.stdout  # the last reply's text
+
+
 def test_run_html_detail_data(run_html):
     data, path = run_html
     text = path.read_text(encoding="utf-8")

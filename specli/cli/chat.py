@@ -27,6 +27,8 @@ Examples:
   specli chat --load talk.json --save talk.json              # resume and keep saving
 
   printf 'Hi\\nWrite a haiku\\n' | specli chat --temperature 0  # scripted
+
+  specli chat --html reply.html                              # a trace page of each reply
 """
 
 
@@ -61,6 +63,9 @@ def chat_cmd(
                                         rich_help_panel="Output")] = False,
     show: Annotated[str, typer.Option("--show", help="rejected (show rejected drafts), accepted, or plain.",
                                       rich_help_panel="Output")] = "rejected",
+    html_file: Annotated[Optional[Path], typer.Option(
+        "--html", help="After every reply, write a self-contained HTML trace of that reply to FILE (tokens with p, q and the draws behind each verdict, charts, stats).",
+        rich_help_panel="Output")] = None,
 ) -> None:
     from specli.chat import (ChatSession, load_transcript, no_echo, save_transcript,
                              stream_reader, terminal_reader)
@@ -68,8 +73,9 @@ def chat_cmd(
     if show not in ("rejected", "accepted", "plain"):
         raise UsageError(f"--show must be rejected, accepted or plain, got {show!r}")
     transcript = load_transcript(load) if load is not None else None  # fail before loading models
-    if save is not None and not save.parent.resolve().is_dir():
-        raise UsageError(f"--save: directory not found: {save.parent}")
+    for opt, path in (("--save", save), ("--html", html_file)):
+        if path is not None and not path.parent.resolve().is_dir():
+            raise UsageError(f"{opt}: directory not found: {path.parent}")
     interactive = sys.stdin.isatty()
     out, err = consoles(plain=plain)
     with open_generation(
@@ -82,6 +88,8 @@ def chat_cmd(
                               save_path=save, show="plain" if plain else show,
                               interactive=interactive, live_footer=not plain,
                               while_replying=lambda: no_echo(sys.stdin))
+        if html_file is not None:
+            _trace_replies(session, gen, html_file)
         if interactive:
             _banner(session, err, load)
             read = terminal_reader(None if sys.stdout.isatty() else sys.stderr)
@@ -90,6 +98,21 @@ def chat_cmd(
         if save is not None and transcript is not None:
             save_transcript(save, session.chat)
         session.run(read)
+
+
+def _trace_replies(session, gen, path: Path) -> None:
+    """--html: collect each reply's rounds (traced) and write its page when it is done."""
+    from specli.cli.common import write_trace_html
+
+    rounds: list = []
+    session.trace = True
+    session.on_round = rounds.append
+
+    def on_reply(done) -> None:
+        write_trace_html(path, gen, done, list(rounds))
+        rounds.clear()
+
+    session.on_reply = on_reply
 
 
 def _banner(session, err, load: Optional[Path]) -> None:

@@ -100,6 +100,23 @@ class Generation:
         strict = " · strict" if self.spec.strict else ""
         return f"specli · {self.paths.target.name} ← {d} · K {self.spec.k}{strict} · {self.where()}"
 
+    def config(self) -> dict:
+        """The settings of this command, as --json and the HTML pages record them."""
+        from dataclasses import asdict
+
+        return {
+            "k": self.spec.k,
+            "drafter": self.drafter_name,
+            "sampling": asdict(self.sampling),
+            "seed": self.spec.seed,
+            "max_tokens": self.spec.max_tokens,
+            "target": str(self.paths.target),
+            "draft": str(self.paths.draft) if self.paths.draft else None,
+            "strict": self.spec.strict,
+            "device": {"target": getattr(self.loaded.target, "device", "CPU"),
+                       "draft": getattr(self.loaded.draft, "device", None) if self.loaded.draft else None},
+        }
+
     def where(self) -> str:
         """Where each model runs: 'on CPU', or 'target on CUDA0, draft on CPU'."""
         t = getattr(self.loaded.target, "device", "CPU")
@@ -173,6 +190,21 @@ class Generation:
     def verify_chunk(self) -> int:
         """Strict mode's largest verify call: the target's bit-identical batch size."""
         return max(1, self.numerics().invariant_up_to)
+
+
+def write_trace_html(path: Path, gen: Generation, done, rounds) -> None:
+    """The self-contained trace page of one generation (run --html, chat --html).
+
+    specli.report is imported only here: matplotlib is heavy."""
+    from specli.render import stats_rows
+    from specli.report.html import trace_page
+
+    page = trace_page(rounds, done, gen.title(), stats_rows(done.stats, done.stop_reason),
+                      gen.config())
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot write --html file {path}: {e.strerror}") from None
 
 
 def _remembering(events, on_done):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,7 +12,8 @@ from specli.cli._app import (CtxOpt, DraftNglOpt, DraftOpt, DrafterOpt, DraftThr
                              KOpt, MaxTokOpt, MinPOpt, NglOpt, PairOpt, StrictOpt, SeedOpt, SystemOpt,
                              TargetOpt, TempOpt, ThreadsOpt, TopKOpt, TopPOpt, app)
 from specli.errors import UsageError
-from specli.cli.common import consoles, open_generation, read_prompt, round_record
+from specli.cli.common import (consoles, open_generation, read_prompt, round_record,
+                               write_trace_html)
 
 RUN_HELP = """Generate an answer to one PROMPT with speculative decoding, streamed live.
 
@@ -94,7 +93,7 @@ def run_cmd(
             mode = show if out.is_terminal and not plain else "plain"  # no struck text in pipes
             done = _stream(events, out, err, gen, show=mode, rounds=rounds)
         if html_file is not None:
-            _write_html(html_file, gen, done, rounds)
+            write_trace_html(html_file, gen, done, rounds)
             err.print(f"HTML trace in {html_file}")
     if done.stop_reason == "interrupted":
         raise typer.Exit(130)
@@ -135,19 +134,6 @@ def _stream(events, out, err, gen, show, rounds=None):
     return done
 
 
-def _write_html(path: Path, gen, done, rounds) -> None:
-    """The self-contained trace page (specli.report, imported only here: matplotlib is heavy)."""
-    from specli.render import stats_rows
-    from specli.report.html import trace_page
-
-    config = _json_result(gen, done, [])["config"]
-    page = trace_page(rounds, done, gen.title(), stats_rows(done.stats, done.stop_reason), config)
-    try:
-        path.write_text(page, encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"cannot write --html file {path}: {e.strerror}") from None
-
-
 def _json_result(gen, done, rounds) -> dict:
     return {
         "text": done.text,
@@ -155,16 +141,5 @@ def _json_result(gen, done, rounds) -> dict:
         "stop_reason": done.stop_reason,
         "rounds": [round_record(r) for r in rounds],
         "stats": done.stats.to_dict(),
-        "config": {
-            "k": gen.spec.k,
-            "drafter": gen.drafter_name,
-            "sampling": asdict(gen.sampling),
-            "seed": gen.spec.seed,
-            "max_tokens": gen.spec.max_tokens,
-            "target": str(gen.paths.target),
-            "draft": str(gen.paths.draft) if gen.paths.draft else None,
-            "strict": gen.spec.strict,
-            "device": {"target": getattr(gen.loaded.target, "device", "CPU"),
-                       "draft": getattr(gen.loaded.draft, "device", None) if gen.loaded.draft else None},
-        },
+        "config": gen.config(),
     }
