@@ -430,7 +430,7 @@ def load_prompts(a) -> list[tuple[str, str, str]]:
 def resolve_models(a) -> None:
     if a.target and a.draft:
         return
-    from specli.cli.common import resolve_paths
+    from specli.session import resolve_paths
 
     paths = resolve_paths(pair=a.pair, target=a.target, draft=a.draft)
     a.target, a.draft = paths.target, paths.draft

@@ -325,7 +325,7 @@ class BenchConfig:
     seed: int = 0
     k_max: int = 8  # the largest K that --k auto may choose
     calibration_reps: int = 5  # before the sweep; one more before each later prompt block
-    verify_chunk: int | None = None  # --strict: speculative rows verify in chunks of this size
+    verify_chunk: object = None  # --strict: numerics.ChunkRule (n_past -> verify-call size)
 
     def __post_init__(self) -> None:
         if self.repeats < 1:
@@ -488,7 +488,7 @@ def _run_one(loaded, tokens, variant: Variant, sampling, cfg: BenchConfig, max_t
         policy.seed(dict(enumerate(calib.t_verify, start=1)), calib.t_draft)
     chunk = None if variant.is_baseline else cfg.verify_chunk
     if chunk and hasattr(policy, "verify"):
-        policy.verify.set_chunk(chunk)  # auto prices strict's chunk sequence
+        policy.verify.set_chunk(chunk(len(tokens)) if callable(chunk) else chunk)  # priced
     events = speculative_generate(loaded.target, drafter, tokens, sampling, spec,
                                   policy=policy, n_vocab=loaded.n_vocab, verify_chunk=chunk)
     try:

@@ -104,7 +104,7 @@ class Reply:
 
         drafter, self.policy = conv.drafter_policy(spec, sampling, drafter_name)
         # --strict: batch-invariant verify calls. First: measuring them may use the target.
-        chunk = conv.gen.strict_chunk(spec, self.policy)
+        chunk = conv.gen.strict_chunk(spec, self.policy, len(tokens))
         self.conv, self.prompt_tokens = conv, len(tokens)
         target = conv.target
         # Keep the longest cached prefix now, to count what is evaluated; the engine's own

@@ -106,18 +106,19 @@ def probe(pair: dict, n_threads: int | None = None, numerics_n_max: int = 9) -> 
     """Load the default pair and measure t_v(1), t_v(4), t_d and the batch-numerics gap."""
     from specli.backend import LlamaModel
     from specli.bench import _time_batches
-    from specli.numerics import measure
+    from specli.numerics import measure, measure_lengths
 
     paths = [(pair.get(r) or {}).get("path") for r in ("target", "draft")]
     if not all(paths):
         return {"skipped": "the default pair is not cached (specli models pull)"}
-    with LlamaModel(paths[0], n_ctx=512, n_threads=n_threads) as target, \
+    with LlamaModel(paths[0], n_ctx=1024, n_threads=n_threads) as target, \
             LlamaModel(paths[1], n_ctx=512, n_threads=n_threads) as draft:
         ctx = target.tokenize(PROBE_CONTEXT)
         med = statistics.median
         t_v = {n: med(ts) for n, ts in _time_batches(target, ctx, (1, 2, 3, 4, 5), 5).items()}
         t_d = med(_time_batches(draft, ctx, (1,), 5, all_logits=False)[1])
         numerics = measure(target, numerics_n_max)
+        numerics.invariant_by_length = measure_lengths(target, 4)
         out = {"target": {"device": target.device, "buffers_mib": target.buffers,
                           "placement": target.placement.decision},
                "draft": {"device": draft.device, "buffers_mib": draft.buffers,

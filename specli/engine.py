@@ -171,7 +171,7 @@ def speculative_generate(
     spec: SpecConfig,
     policy=None,
     n_vocab: int | None = None,
-    verify_chunk: int | None = None,
+    verify_chunk=None,
     trace: bool = False,
 ) -> Iterator[Round | Done]:
     """Generate from `target`, drafting with `drafter`, as a stream of events.
@@ -186,6 +186,8 @@ def speculative_generate(
     decoding the next chunk only while every draft so far is accepted. With a chunk no
     larger than the target's batch-invariant size (specli.numerics), every row of p and
     every KV entry equals what single-token decoding (K = 0) computes, bit for bit.
+    It may be a callable n_past -> size (numerics.ChunkRule): the invariant size can shrink
+    as the context grows.
 
     `trace`: each Round carries a specli.trace.RoundTrace (top p and q per examined
     position, the uniforms drawn, the residual). Off, nothing of it is computed.
@@ -208,7 +210,7 @@ class _Run:
         self.stats = Stats(prompt_tokens=len(prompt))
         self.detok = _Detok()
         self.text: list[str] = []
-        self.verify_chunk: int | None = None  # strict mode: see speculative_generate
+        self.verify_chunk = None  # strict mode: an int or n_past -> int, see speculative_generate
         self.trace = False  # build a RoundTrace per round: see speculative_generate
 
     def events(self) -> Iterator[Round | Done]:
@@ -383,7 +385,8 @@ class _ChunkedRows:
 
     def __getitem__(self, i: int) -> np.ndarray:
         while len(self.rows) <= i:
-            part = self.tokens[len(self.rows) : len(self.rows) + self.chunk]
+            size = self.chunk(self.target.n_past) if callable(self.chunk) else self.chunk
+            part = self.tokens[len(self.rows) : len(self.rows) + size]
             t0 = time.perf_counter()
             out = self.target.decode(part, len(part))[:, : self.n_vocab]  # [len(part), V]
             dt = time.perf_counter() - t0

@@ -39,11 +39,19 @@ class BatchNumerics:
     n_max: int = 1
     prompts: int = 0
     sampling: dict = field(default_factory=dict)  # the warps the TV figures were taken under
+    # {context length: invariant size there}: llama.cpp's CPU flash attention takes a
+    # split-KV path for single-token decodes once the (256-padded) KV view reaches 512
+    # cells, so past ~256 tokens only batches of 1 match single-token decoding here.
+    invariant_by_length: dict[int, int] = field(default_factory=dict)
+
+    def chunk_rule(self) -> "ChunkRule":
+        return ChunkRule({0: self.invariant_up_to, **self.invariant_by_length})
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["tv"] = {str(n): v for n, v in self.tv.items()}
         d["max_logit_diff"] = {str(n): v for n, v in self.max_logit_diff.items()}
+        d["invariant_by_length"] = {str(n): v for n, v in self.invariant_by_length.items()}
         return d
 
     @classmethod
@@ -51,7 +59,8 @@ class BatchNumerics:
         return cls(tv={int(n): float(v) for n, v in d["tv"].items()},
                    max_logit_diff={int(n): float(v) for n, v in d["max_logit_diff"].items()},
                    invariant_up_to=int(d["invariant_up_to"]), n_max=int(d["n_max"]),
-                   prompts=int(d.get("prompts", 0)), sampling=dict(d.get("sampling", {})))
+                   prompts=int(d.get("prompts", 0)), sampling=dict(d.get("sampling", {})),
+                   invariant_by_length={int(n): int(v) for n, v in d["invariant_by_length"].items()})
 
 
 def total_variation(a: np.ndarray, b: np.ndarray, sampling: SamplingConfig) -> float:
@@ -112,6 +121,38 @@ def measure(target, n_max: int, sampling: SamplingConfig | None = None,
     return out
 
 
+@dataclass(frozen=True)
+class ChunkRule:
+    """Strict mode's verify-call size at a given context length: the smallest invariant
+    size measured at any probed length the call reaches (lengths past the longest probe
+    take the smallest size seen at all: never larger than anything measured)."""
+
+    by_length: dict[int, int]
+
+    def __call__(self, n_past: int) -> int:
+        sizes = sorted(self.by_length.items())
+        chunk = sizes[0][1]
+        for length, inv in sizes[1:]:
+            if length <= n_past + chunk:  # the call's last position reaches this probe
+                chunk = min(chunk, inv)
+        if n_past + chunk > sizes[-1][0] and len(sizes) > 1:
+            chunk = min(inv for _, inv in sizes)
+        return max(1, chunk)
+
+
+LONG_PROBES = (256, 512)  # context lengths probed besides the short probe prompts
+
+
+def measure_lengths(target, n_max: int, lengths=LONG_PROBES) -> dict[int, int]:
+    """The invariant size at each context length that fits (a probe prompt repeated)."""
+    base = target.tokenize(PROBE_TEXTS[0] * 64, add_special=True)
+    out = {}
+    for length in lengths:
+        if length + n_max < target.n_ctx and length <= len(base):
+            out[length] = measure(target, n_max, prompts=[base[:length]]).invariant_up_to
+    return out
+
+
 def cached_or_measure(target, cache, n_max: int, sampling: SamplingConfig | None = None, *,
                       fresh: bool = False) -> BatchNumerics:
     """The target's batch numerics remembered on this machine (costcache), else (or when
@@ -131,6 +172,7 @@ def cached_or_measure(target, cache, n_max: int, sampling: SamplingConfig | None
     if sampling is not None and sampling.greedy:  # TV of argmaxes is 0 or 1: use T = 1
         sampling = None
     got = measure(target, n_max, sampling)
+    got.invariant_by_length = measure_lengths(target, n_max)
     if cache is not None:
         cache.set_numerics(key, got.to_dict())
         cache.save()

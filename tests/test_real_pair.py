@@ -104,3 +104,24 @@ def test_vocabularies_are_compatible(real_pair):
     draft, target = real_pair
     report = check_pair(draft, target)
     assert report.verdict in ("compatible", "masked"), report.reasons
+
+
+@pytest.mark.parametrize("drafter_name,prompt", [("model", PROMPTS[2]), ("auto", COPY_PROMPT)])
+def test_strict_greedy_equals_target_alone_exactly(pair, drafter_name, prompt):
+    """--strict: the same tokens as K = 0, no near-tie allowance, past 256 tokens of context
+    too (where the invariant verify size shrinks to 1 on CPUs with the split-KV path)."""
+    from specli.numerics import ChunkRule, measure, measure_lengths
+    from specli.session import Loaded, make_drafter, make_policy
+
+    target, draft = pair
+    tokens, _ = build_prompt(target, prompt)
+    rule = ChunkRule({0: measure(target, 4).invariant_up_to, **measure_lengths(target, 4)})
+    base = run(target, draft, tokens, 0, n=200)
+    loaded = Loaded(target, draft, min(target.n_vocab, draft.n_vocab))
+    for k in (3, "auto"):
+        drafter = make_drafter(loaded, drafter_name, GREEDY)
+        spec = SpecConfig(k=k, max_tokens=200, drafter=drafter_name)
+        *_, done = speculative_generate(target, drafter, tokens, GREEDY, spec,
+                                        policy=make_policy(spec, drafter), n_vocab=loaded.n_vocab,
+                                        verify_chunk=rule)
+        assert done.tokens == base.tokens, (drafter_name, k)

@@ -148,3 +148,29 @@ def test_strict_cost_prices_the_chunk_sequence():
     assert v(7) == pytest.approx(0.130) and v(2) == pytest.approx(0.040)
     v.set_chunk(None)
     assert v(6) == pytest.approx(plain)
+
+
+def test_chunk_rule_shrinks_where_longer_contexts_measured_smaller():
+    from specli.numerics import ChunkRule
+
+    rule = ChunkRule({0: 3, 256: 1, 512: 1})
+    assert rule(0) == 3 and rule(200) == 3 and rule(252) == 3
+    assert rule(253) == 1 and rule(300) == 1 and rule(5000) == 1  # a call reaching 256
+    assert ChunkRule({0: 3})(10_000) == 3
+    assert ChunkRule({0: 4, 256: 2})(600) == 2  # past the longest probe: the smallest seen
+
+
+def test_callable_chunk_is_asked_per_call(models):
+    target, draft = models
+    tokens = target.tokenize(REPEATING, add_special=False)
+    seen = []
+
+    def rule(n_past):
+        seen.append(n_past)
+        return 1
+
+    _, base = run(target, None, tokens, 0)
+    spec = SpecConfig(k=4, max_tokens=40)
+    events = list(speculative_generate(target, drafter_for("model", draft, GREEDY, target.n_vocab),
+                                       tokens, GREEDY, spec, verify_chunk=rule))
+    assert events[-1].tokens == base.tokens and len(seen) > 10

@@ -113,7 +113,8 @@ def bench_cmd(
         if strict:
             cfg = replace(cfg, verify_chunk=gen.verify_chunk())
         meta = {"batch_numerics": numerics.to_dict(), "strict": strict,
-                "verify_chunk": cfg.verify_chunk, "device": gen.where(),
+                "verify_chunk": numerics.invariant_up_to if strict else None,
+                "device": gen.where(),
                 "target": str(gen.paths.target),
                 "draft": str(gen.paths.draft) if gen.paths.draft and gen.loaded.draft else None,
                 "sampling": asdict(gen.sampling),

@@ -160,18 +160,18 @@ class Generation:
         sampling = sampling or self.sampling
         drafter = self.drafter(sampling) if spec.k != 0 else None
         policy = self.policy(spec, drafter)
-        chunk = self.strict_chunk(spec, policy)
+        chunk = self.strict_chunk(spec, policy, len(tokens))
         events = speculative_generate(self.loaded.target, drafter, tokens, sampling,
                                       spec, policy=policy, n_vocab=self.loaded.n_vocab,
                                       verify_chunk=chunk, trace=trace)
         return _remembering(events, lambda: self.remember(policy))
 
-    def strict_chunk(self, spec: SpecConfig, policy) -> int | None:
-        """--strict: the largest verify call for this generation (None otherwise); --k auto
-        is told, to price the chunk sequence."""
+    def strict_chunk(self, spec: SpecConfig, policy, context: int = 0):
+        """--strict: the verify-call rule for this generation (None otherwise); --k auto
+        is told the call size at this context length, to price the chunk sequence."""
         chunk = self.verify_chunk() if spec.strict and spec.k != 0 else None
         if chunk and hasattr(policy, "verify"):
-            policy.verify.set_chunk(chunk)
+            policy.verify.set_chunk(chunk(context))
         return chunk
 
     def numerics(self, fresh: bool = False):
@@ -187,9 +187,10 @@ class Generation:
                                                    fresh=fresh)
         return self._numerics
 
-    def verify_chunk(self) -> int:
-        """Strict mode's largest verify call: the target's bit-identical batch size."""
-        return max(1, self.numerics().invariant_up_to)
+    def verify_chunk(self):
+        """Strict mode's verify-call size, by context length (numerics.ChunkRule): the
+        target's bit-identical batch size at the lengths measured."""
+        return self.numerics().chunk_rule()
 
 
 def write_trace_html(path: Path, gen: Generation, done, rounds) -> None:

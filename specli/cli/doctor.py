@@ -107,7 +107,10 @@ def _probe(p: dict) -> str:
 
 def _numerics(bn: dict) -> str:
     inv, worst = bn["invariant_up_to"], max(bn["tv"].values(), default=0.0)
-    if inv >= bn["n_max"]:
+    longer = "".join(f"; from {n} tokens of context: up to {v}"
+                     for n, v in sorted((int(k), v) for k, v in bn.get("invariant_by_length", {}).items())
+                     if v != inv)
+    if inv >= bn["n_max"] and not longer:
         return f"verify batches up to {inv} tokens are bit-identical to single-token decoding"
-    return (f"batches up to {inv} tokens bit-identical; larger ones differ from single-token "
-            f"decoding by TV up to {worst:.4f} (--strict verifies in chunks of {inv})")
+    return (f"batches up to {inv} tokens bit-identical{longer}; larger ones differ from "
+            f"single-token decoding by TV up to {worst:.4f} (--strict verifies in calls of that size)")
