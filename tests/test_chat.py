@@ -11,6 +11,8 @@ import sys
 
 import numpy as np
 import pytest
+
+from test_cli_run import default_sigint
 from rich.console import Console
 
 from specli.backend import LlamaModel
@@ -450,7 +452,8 @@ def test_chat_in_a_pseudo_terminal(tiny_target, tiny_draft, tmp_path):
     child = pexpect.spawn(sys.executable, ["-m", "specli", "chat", "--target", str(tiny_target),
                                            "--draft", str(tiny_draft), "--threads", "1",
                                            "--temperature", "0", "-n", "10", "--save", str(save)],
-                          encoding="utf-8", timeout=60, dimensions=(40, 120))
+                          encoding="utf-8", timeout=60, dimensions=(40, 120),
+                          preexec_fn=default_sigint)
     try:
         child.expect("specli chat")
         child.expect_exact(">>> ")
@@ -530,7 +533,7 @@ def test_real_pair_ctrl_c_mid_reply_in_a_pseudo_terminal(real_pair, tmp_path):
                                            "--draft", str(draft), "--temperature", "0",
                                            "-n", "60", "--ctx", "2048", "--save", str(save)],
                           encoding="utf-8", timeout=120, dimensions=(40, 120),
-                          env={**os.environ, "NO_COLOR": "1"})
+                          env={**os.environ, "NO_COLOR": "1"}, preexec_fn=default_sigint)
     try:
         child.expect_exact(">>> ")
         child.sendline("Write a long tutorial on sorting algorithms in Python.")

@@ -11,6 +11,15 @@ from pathlib import Path
 import pytest
 
 
+def default_sigint() -> None:
+    """In the child: SIGINT back to its default. A shell that starts the suite in the
+    background sets it to 'ignore', which children inherit, and Python then never raises
+    KeyboardInterrupt: the Ctrl-C tests would test the launcher, not specli."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def specli(*args, input=None, env_extra=None, timeout=120):
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "100", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "specli", *map(str, args)], input=input,
@@ -144,7 +153,8 @@ def test_ctrl_c_keeps_output_and_prints_stats(real_pair):
     p = subprocess.Popen([sys.executable, "-m", "specli", "run", "--target", str(target), "--draft",
                           str(draft), "--temperature", "0", "-n", "2000", "--ctx", "4096",
                           "Write a very long, detailed tutorial on sorting algorithms in Python."],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=default_sigint)
     # Wait until generation has visibly started, then interrupt.
     first = p.stdout.read(1)
     time.sleep(0.3)
