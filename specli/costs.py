@@ -181,8 +181,9 @@ class VerifyCost:
         t_v(n) is priced as the sum over those calls (observations stay per call). The
         price assumes every chunk is decoded; a rejection that skips the last ones only
         makes a round cheaper than priced."""
-        self._chunk = chunk
-        self._table = None
+        if chunk != self._chunk:  # asked every strict round: keep the cached table if unchanged
+            self._chunk = chunk
+            self._table = None
 
     def observe(self, n: int, seconds: float) -> None:
         """One decode call over n tokens took `seconds`."""

@@ -262,6 +262,9 @@ class _Run:
 
     def _round(self, room: int) -> tuple[Round, StopReason | None]:
         left = self.spec.max_tokens - len(self.out)
+        if callable(self.verify_chunk) and hasattr(self.policy, "verify"):
+            # Strict: the call size shrinks as the context grows; --k auto prices today's.
+            self.policy.verify.set_chunk(self.verify_chunk(len(self.committed)))
         k, source = 0, "none"
         if self.drafter is not None:
             source = self.drafter.next_source(self.committed)
