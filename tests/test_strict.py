@@ -8,26 +8,17 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from specli.backend import LlamaModel
 from specli.config import SamplingConfig, SpecConfig
 from specli.costs import VerifyCost
 from specli.drafters import HybridDrafter, ModelDrafter, NgramDrafter
 from specli.engine import Round, speculative_generate
 from specli.numerics import measure
 from specli.session import make_policy
+from test_engine import models  # noqa: F401  (the tiny pair, loaded once per module)
 
 GREEDY = SamplingConfig(temperature=0.0)
 REPEATING = "the cat sat on the mat. the cat sat on the mat. the cat sat on the"
 PROMPTS = ["The quick brown fox", REPEATING]
-
-
-@pytest.fixture(scope="module")
-def models(tiny_target, tiny_draft):
-    t = LlamaModel(tiny_target, n_ctx=512, n_threads=1)
-    d = LlamaModel(tiny_draft, n_ctx=512, n_threads=1)
-    yield t, d
-    t.close()
-    d.close()
 
 
 def drafter_for(kind, draft, sampling, n_vocab):
