@@ -4,7 +4,8 @@ llama.cpp's CPU threads meet at a barrier after every graph node and spin while 
 With more runnable threads than cores, each barrier waits for a thread the kernel has
 descheduled, and decoding can collapse (a compile beside `specli run` took it from ~14 to
 1.1 tok/s). This script measures it: for 0, 1 and 2 busy-loop processes (bounded: they
-exit after the run), for each thread count and OpenMP wait policy, the target's tok/s
+exit after the run), for each thread count and OpenMP wait setting (libgomp's default
+300k spins, passive, and specli's default of 1000 spins), the target's tok/s
 over the same 32 single-token decodes, in a fresh process each time.
 
     python benchmarks/busy_machine.py [--llama-bin DIR] [--tokens 32] [--repeats 2]
@@ -102,12 +103,15 @@ def main() -> None:
     target = args.target or default_target()
     cores = os.cpu_count() or 2
     threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({cores, max(1, cores - 1)}, reverse=True)
-    policies = {"active (default)": {}, "passive": {"OMP_WAIT_POLICY": "passive"}}
+    policies = {"spin 300k (libgomp default)": {"GOMP_SPINCOUNT": "300000"},
+                "passive": {"OMP_WAIT_POLICY": "passive"},
+                "spin 1000 (specli default)": {"GOMP_SPINCOUNT": "1000"}}
     rows = []
     for load in (int(x) for x in args.loads.split(",")):
         for t in threads:
             for pname, extra in policies.items():
-                env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | extra
+                env = {k: v for k, v in os.environ.items()
+                       if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | extra
                 row = {"load": load, "threads": t, "wait_policy": pname}
                 for tool in ("specli", "llama-bench"):
                     if tool == "llama-bench" and args.llama_bin is None:
@@ -125,7 +129,7 @@ def main() -> None:
                         row[tool] = statistics.median(samples)
                         row[f"{tool}_samples"] = samples
                 rows.append(row)
-                print(f"load {load}  threads {t}  {pname:17} "
+                print(f"load {load}  threads {t}  {pname:27} "
                       + "  ".join(f"{k} {row[k]:6.2f} tok/s" for k in ("specli", "llama-bench") if k in row),
                       flush=True)
     if args.json:

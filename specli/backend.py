@@ -61,18 +61,26 @@ def check_gguf_file(path: Path) -> None:
 
 
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
+SPIN_COUNT_ENV = "GOMP_SPINCOUNT"
+SPIN_COUNT_DEFAULT = "1000"  # libgomp's own value when it knows it is oversubscribed
 
 
 def _llama():
     """Import llama_cpp once, route its logging to Python logging, init the backend.
 
-    llama.cpp's OpenMP worker threads spin while they wait for each other; with more
-    runnable threads than cores (a compile beside us) every wait is for a descheduled
-    thread and decoding collapses (2 cores, 2 busy loops: 0.32 tok/s spinning, 5.7 tok/s
-    passive; idle: 10.5 vs 10.7, the same). So unless the user set it, OpenMP waits
-    passively. It must be set before libgomp loads, i.e. before llama_cpp is imported.
+    llama.cpp's OpenMP workers meet at an `omp barrier` after every graph node (hundreds
+    per token) and spin there before sleeping: libgomp's default is 300k spins (~3 ms).
+    With more runnable threads than cores (a compile beside us) every wait is for a
+    descheduled thread and decoding collapses: 2 cores, 2 busy loops, 0.32 tok/s. Never
+    spinning (OMP_WAIT_POLICY=passive) avoids that but pays a futex sleep and wake at
+    every barrier, ~10% idle. A short spin (GOMP_SPINCOUNT=1000, what libgomp itself uses
+    when oversubscribed) keeps the idle speed and degrades like passive under load
+    (benchmarks/busy_machine.py; table in benchmarks/README.md). Unless the user set either
+    variable, specli sets that. It must be set before libgomp loads, i.e. before llama_cpp
+    is imported. (LLVM's libomp and builds without OpenMP ignore it.)
     """
-    os.environ.setdefault(WAIT_POLICY_ENV, "PASSIVE")
+    if WAIT_POLICY_ENV not in os.environ:
+        os.environ.setdefault(SPIN_COUNT_ENV, SPIN_COUNT_DEFAULT)
     import llama_cpp
 
     if not getattr(llama_cpp, "_specli_ready", False):

@@ -68,7 +68,7 @@ def gpu() -> dict:
 
 def threads() -> dict:
     """Threads per model, and the OpenMP settings llama.cpp's workers run with (specli sets
-    OMP_WAIT_POLICY=PASSIVE unless the user did: see backend._llama)."""
+    GOMP_SPINCOUNT=1000 unless the user set it or OMP_WAIT_POLICY: see backend._llama)."""
     from specli.backend import physical_cores
 
     env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")

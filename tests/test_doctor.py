@@ -69,3 +69,27 @@ def test_doctor_probe_on_the_real_pair(real_pair):
     assert 1 <= bn["invariant_up_to"] <= bn["n_max"]
     if "AMX" in rep["buffer_types"]["extra_bufts"]:
         assert p["target"]["placement"] == "avoid-amx"
+
+
+@pytest.mark.parametrize("given, spincount, policy", [
+    ({}, "1000", None),  # specli's default: a short spin, libgomp's own oversubscribed value
+    ({"OMP_WAIT_POLICY": "passive"}, None, "passive"),  # the user's policy is left alone
+    ({"GOMP_SPINCOUNT": "50000"}, "50000", None),  # and so is the user's spin count
+])
+def test_openmp_wait_default_is_set_before_llama_cpp_loads(given, spincount, policy):
+    """What llama.cpp's workers are started with, as doctor reports it: in a fresh process,
+    because libgomp reads the environment once, when it loads."""
+    import json as _json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = ("import json, os; from specli.backend import _llama; _llama(); "
+            "from specli.doctor import threads; print(json.dumps(threads()['env']))")
+    out = subprocess.run([sys.executable, "-c", code], env=env | given, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    reported = _json.loads(out.stdout.strip().splitlines()[-1])
+    assert reported.get("GOMP_SPINCOUNT") == spincount
+    assert reported.get("OMP_WAIT_POLICY") == policy
