@@ -193,6 +193,14 @@ class Calibration:
         """Extra draft time when a model round must first feed `lag` tokens instead of 1."""
         return max(0.0, self.t_db(lag) - self.t_db(1)) if lag > 1 else 0.0
 
+    @property
+    def t_catchup(self) -> float | None:
+        """The draft's catch-up cost per token (marginal, from the largest catch-up size)."""
+        n = max(DRAFT_CATCHUP_SIZES)
+        if self.t_draft is None or n not in self.t_draft_batch:
+            return None
+        return self.catchup(n) / (n - 1)
+
     def to_dict(self) -> dict:
         return {"t_verify": list(self.t_verify), "t_draft": self.t_draft,
                 "t_draft_batch": {str(n): t for n, t in sorted(self.t_draft_batch.items())},
@@ -485,7 +493,7 @@ def _run_one(loaded, tokens, variant: Variant, sampling, cfg: BenchConfig, max_t
     done = None
     policy = make_policy(spec, drafter)
     if calib is not None and hasattr(policy, "seed"):
-        policy.seed(dict(enumerate(calib.t_verify, start=1)), calib.t_draft)
+        policy.seed(dict(enumerate(calib.t_verify, start=1)), calib.t_draft, calib.t_catchup)
     chunk = None if variant.is_baseline else cfg.verify_chunk
     if chunk and hasattr(policy, "verify"):
         policy.verify.set_chunk(chunk(len(tokens)) if callable(chunk) else chunk)  # priced

@@ -8,7 +8,10 @@ steps no smooth prior predicts, those trials cost more than a short answer gains
 
 One JSON file, `$XDG_CACHE_HOME/specli/costs.json` (default `~/.cache/specli/costs.json`):
 
-    {"version": 1, "models": {KEY: {"t_verify": {"1": s, "2": s, ...}, "t_draft": s}}}
+    {"version": 1, "models": {KEY: {"t_verify": {"1": s, "2": s, ...}, "t_draft": s,
+                                     "t_catchup": s}}}
+
+(t_catchup: the draft's cost per token when it catches up after K = 0 rounds.)
 
 KEY names the model file (name and size), the llama.cpp build, threads, GPU layers and
 batch size. `specli bench` stores its full calibration; `run` and `chat` blend in what
@@ -96,8 +99,9 @@ class CostCache:
             table = {str(n): float(x) for n, x in table.items()
                      if str(n).isdigit() and int(n) >= 1 and _valid(x)} if isinstance(table, dict) else {}
             clean[str(key)] = {"t_verify": table}
-            if _valid(entry.get("t_draft")):
-                clean[str(key)]["t_draft"] = float(entry["t_draft"])
+            for name in ("t_draft", "t_catchup"):
+                if _valid(entry.get(name)):
+                    clean[str(key)][name] = float(entry[name])
             if isinstance(entry.get("numerics"), dict):  # checked on use (numerics.from_dict)
                 clean[str(key)]["numerics"] = entry["numerics"]
         return clean
@@ -110,6 +114,9 @@ class CostCache:
     def t_draft(self, key: str) -> float | None:
         return self._models.get(key, {}).get("t_draft")
 
+    def t_catchup(self, key: str) -> float | None:
+        return self._models.get(key, {}).get("t_catchup")
+
     def numerics(self, key: str) -> dict | None:
         """The target's batch-numerics measurement remembered here (specli.numerics)."""
         return self._models.get(key, {}).get("numerics")
@@ -119,7 +126,8 @@ class CostCache:
         self.dirty = True
 
     def update(self, key: str, t_verify: Mapping[int, float] | None = None,
-               t_draft: float | None = None, *, replace: bool = False) -> None:
+               t_draft: float | None = None, *, replace: bool = False,
+               t_catchup: float | None = None) -> None:
         """Blend new measurements in (even mix with the old value), or replace them."""
         entry = self._models.setdefault(key, {})
         table = entry.setdefault("t_verify", {})
@@ -128,10 +136,12 @@ class CostCache:
                 old = table.get(str(n))
                 table[str(n)] = seconds if replace or not _valid(old) else (old + seconds) / 2
                 self.dirty = True
-        if t_draft is not None and _valid(t_draft):
-            old = entry.get("t_draft")
-            entry["t_draft"] = t_draft if replace or not _valid(old) else (old + t_draft) / 2
-            self.dirty = True
+        for name, new in (("t_draft", t_draft), ("t_catchup", t_catchup)):
+            if new is not None and math.isfinite(new) and new >= 0:
+                new = max(new, 1e-6)  # a free catch-up is still remembered (> 0 on disk)
+                old = entry.get(name)
+                entry[name] = new if replace or not _valid(old) else (old + new) / 2
+                self.dirty = True
 
     def save(self) -> None:
         """Write the file if anything changed; errors are swallowed (the cache is optional)."""
@@ -160,23 +170,29 @@ def seed_policy(policy, cache: CostCache | None, target, draft) -> None:
     if cache is None or not hasattr(policy, "seed"):
         return
     t_draft = cache.t_draft(model_key(draft)) if draft is not None else None
-    policy.seed(cache.t_verify(model_key(target)), t_draft)
+    t_catchup = cache.t_catchup(model_key(draft)) if draft is not None else None
+    policy.seed(cache.t_verify(model_key(target)), t_draft, t_catchup)
 
 
 def remember(policy, cache: CostCache | None, target, draft) -> None:
     """Blend what an AutoK policy measured into the cache and save it."""
-    _store(cache, target, draft, *policy.measured(), replace=False)
+    model = getattr(policy, "model", None)
+    _store(cache, target, draft, *policy.measured(), replace=False,
+           t_catchup=getattr(model, "measured_catchup", None))
 
 
-def store_calibration(cache: CostCache | None, target, draft, t_verify, t_draft) -> None:
+def store_calibration(cache: CostCache | None, target, draft, t_verify, t_draft,
+                      t_catchup: float | None = None) -> None:
     """Replace the remembered costs with a bench calibration (t_verify[n - 1] = t_v(n))."""
-    _store(cache, target, draft, dict(enumerate(t_verify, start=1)), t_draft, replace=True)
+    _store(cache, target, draft, dict(enumerate(t_verify, start=1)), t_draft, replace=True,
+           t_catchup=t_catchup)
 
 
-def _store(cache, target, draft, t_verify, t_draft, *, replace: bool) -> None:
+def _store(cache, target, draft, t_verify, t_draft, *, replace: bool,
+           t_catchup: float | None = None) -> None:
     if cache is None:
         return
     cache.update(model_key(target), t_verify, replace=replace)
-    if draft is not None and t_draft is not None:
-        cache.update(model_key(draft), t_draft=t_draft, replace=replace)
+    if draft is not None and (t_draft is not None or t_catchup is not None):
+        cache.update(model_key(draft), t_draft=t_draft, t_catchup=t_catchup, replace=replace)
     cache.save()

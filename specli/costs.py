@@ -317,6 +317,16 @@ class KPolicy:
     least informative one. While the greedy choice is > 0 and t_v(1) has fewer than
     `min_baseline_samples` measurements, it returns 0 in the second round and then once
     every `probe_every` rounds, so the baseline it compares against is measured.
+
+    Catch-up is priced: a probe after a stretch of L tokens at K = 0 first decodes those L
+    tokens in the draft, t_c seconds each (measured per caught-up token, or remembered).
+    Whatever the backoff, every probe catches up on everything since the last one, so
+    probing costs about t_c / t_v(1) of the time spent at K = 0, found or not. When that
+    exceeds `probe_budget` (2%: "never below 0.98x the target alone"), the policy stops
+    probing once the greedy choice has settled at 0. On a 2-core CPU t_c / t_v(1) was about
+    0.11 (a batched draft decode of 16 to 64 tokens), and probing cost 10% on code and chat
+    prompts where drafting did not pay; a GPU decodes such a batch in about the time of one
+    token, and there probing stays on.
     """
 
     def __init__(
@@ -333,6 +343,7 @@ class KPolicy:
         min_baseline_samples: int = 3,
         window: int = 9,
         probe_max: int = 64,
+        probe_budget: float = 0.02,
     ) -> None:
         if k_max < 0:
             raise ValueError(f"k_max must be >= 0, got {k_max}")
@@ -347,6 +358,9 @@ class KPolicy:
         self.prior_draft_ratio = prior_draft_ratio
         self._draft = WindowedMedian(math.nan, window)
         self._draft_seed: float | None = None  # remembered t_d (see seed_draft)
+        self._catchup = WindowedMedian(math.nan, window)  # seconds per caught-up token
+        self._catchup_seed: float | None = None  # remembered (see seed_catchup)
+        self.probe_budget = probe_budget
         self.probe_every = probe_every
         self.probe_max = max(probe_every, probe_max)
         self._probe_gap = probe_every  # rounds at K = 0 before the next probe (see class doc)
@@ -375,6 +389,21 @@ class KPolicy:
 
     def t_verify(self, n: int) -> float:
         return self.verify(n)
+
+    @property
+    def t_catchup(self) -> float | None:
+        """Seconds per token the draft catches up on after K = 0 rounds; None if unknown."""
+        if self._catchup.count:
+            return self._catchup.value
+        if self._catchup_seed is not None:
+            return self._catchup_seed * self.verify.scale()
+        return None
+
+    def probing_too_dear(self) -> bool:
+        """True when catching the draft up costs more than `probe_budget` of a target step
+        per token skipped (see the class doc): then no probe is worth its catch-up."""
+        t_c = self.t_catchup
+        return t_c is not None and t_c > self.probe_budget * self.verify(1)
 
     def _rates(self, alpha: float, t_d: float) -> list[float]:
         """rate(K) for K = 0..k_max; E(K) built incrementally (E(K) = E(K-1) + alpha^K)."""
@@ -408,7 +437,8 @@ class KPolicy:
         observe_round in between returns the same K.
         """
         k = self.greedy_k(alpha=alpha, draft_cost=draft_cost)
-        if k == 0 and self._since_spec >= self._probe_gap and not self.hopeless(draft_cost):
+        if (k == 0 and self._since_spec >= self._probe_gap and not self.hopeless(draft_cost)
+                and not self.probing_too_dear()):
             return self.probe_size(draft_cost)
         return 0 if k > 0 and _baseline_due(self) else k
 
@@ -441,16 +471,29 @@ class KPolicy:
         The next draft is predicted accepted with probability alpha. Drafting it adds
         P(all n_drafted + 1 accepted) expected tokens, each worth the time a token costs
         at the best rate, 1 / max_K rate(K) (= t_v(1) when K = 0 is best); it costs
-        t_d + t_v(n_drafted + 2) - t_v(n_drafted + 1). Draft while gain > cost.
-        Valuing a token at t_v(1) instead would overshoot the rate-optimal K.
+        t_d + t_v(n_drafted + 2) - t_v(n_drafted + 1). Valuing a token at t_v(1) instead
+        would overshoot the rate-optimal K.
+
+        It looks past the next token: drafting on to m > n_drafted gains
+        p_all * (alpha + ... + alpha^(m - n_drafted)) tokens for (m - n_drafted) t_d +
+        t_v(m + 1) - t_v(n_drafted + 1), and it drafts on while some m gains more than it
+        costs. On a stepped CPU curve (t_v(4) < t_v(3)) the next token alone never pays
+        while the one after it does: a one-step rule chose K = 3 and stopped at 1, the
+        one length that cannot pay there (the verify batch of 2 costs 1.6 t_v(1)).
         """
         if n_drafted >= self.k_max:
             return False
         alpha, t_d = self._resolve(None, draft_cost)
         seconds_per_token = 1.0 / max(self._rates(alpha, t_d))
-        gain = p_all_accepted * alpha * seconds_per_token
-        cost = t_d + self.verify(n_drafted + 2) - self.verify(n_drafted + 1)
-        return gain > cost
+        base = self.verify(n_drafted + 1)
+        gain, p = 0.0, p_all_accepted
+        for m in range(n_drafted + 1, self.k_max + 1):
+            p *= alpha
+            gain += p * seconds_per_token
+            cost = (m - n_drafted) * t_d + self.verify(m + 1) - base
+            if gain > cost:
+                return True
+        return False
 
     def token_accept_prob(self, q_token_prob: float) -> float:
         """Calibrated acceptance probability of a draft token with draft probability q."""
@@ -466,6 +509,7 @@ class KPolicy:
         verify_seconds: float | None,
         *,
         draft_probs: Sequence[float] | None = None,
+        catchup: tuple[int, float] | None = None,
     ) -> None:
         """Learn from one finished round.
 
@@ -473,12 +517,18 @@ class KPolicy:
         how many of them were accepted; draft_seconds: time spent drafting those k
         tokens (exclude catching the draft's cache up after K = 0 rounds); verify_seconds:
         the one target decode call over k + 1 tokens; draft_probs: the draft model's
-        probability of each drafted token, to calibrate token_accept_prob.
+        probability of each drafted token, to calibrate token_accept_prob; catchup:
+        (tokens, seconds) of the draft's catch-up decode before this round, when it fed
+        more than the usual one or two tokens.
         """
         if not 0 <= k <= self.k_max:
             raise ValueError(f"k must be in 0..{self.k_max}, got {k}")
         if verify_seconds is not None:  # None: the caller observed each decode call itself
             self.verify.observe(k + 1, verify_seconds)
+        if catchup is not None and catchup[0] > 2 and catchup[1] >= 0.0:
+            # Marginal cost per token: the one-token decode it replaces is t_d's business.
+            n, seconds = catchup
+            self._catchup.add(max(0.0, seconds - self._one_decode()) / (n - 1))
         self.rounds += 1
         if k == 0:
             self._since_spec += 1
@@ -492,6 +542,22 @@ class KPolicy:
         # A probe that found nothing waits twice as long for the next one.
         self._probe_gap = (self.probe_every if self.greedy_k() > 0
                            else min(2 * self._probe_gap, self.probe_max))
+
+    def _one_decode(self) -> float:
+        """A single-token draft decode, the part of a catch-up a normal round pays too."""
+        t_d = self.t_draft
+        return t_d if math.isfinite(t_d) else 0.0
+
+    def seed_catchup(self, seconds_per_token: float) -> None:
+        """t_c remembered from earlier runs on this machine (see costcache)."""
+        if not (seconds_per_token >= 0.0 and math.isfinite(seconds_per_token)):
+            raise ValueError(f"seed must be finite and >= 0, got {seconds_per_token}")
+        self._catchup_seed = seconds_per_token
+
+    @property
+    def measured_catchup(self) -> float | None:
+        """This run's own median catch-up cost per token; None if it caught up on nothing."""
+        return self._catchup.value if self._catchup.count else None
 
     def seed_draft(self, seconds_per_token: float) -> None:
         """t_d remembered from earlier runs on this machine (see costcache)."""
@@ -728,8 +794,10 @@ class AutoK:
         self._source = "model"
         return "model", self.model.choose_k()
 
-    def seed(self, t_verify: Mapping[int, float], t_draft: float | None = None) -> None:
-        """Start from costs measured on this machine before: {n: t_v(n)} and t_d.
+    def seed(self, t_verify: Mapping[int, float], t_draft: float | None = None,
+             t_catchup: float | None = None) -> None:
+        """Start from costs measured on this machine before: {n: t_v(n)}, t_d and t_c
+        (the draft's catch-up cost per token, see KPolicy).
 
         A size this run has measured is priced at its own measurements; the others at
         the remembered cost scaled to this run's speed (VerifyCost.seed). Without seeds
@@ -740,6 +808,8 @@ class AutoK:
             self.verify.seed(int(n), seconds)
         if t_draft is not None:
             self.model.seed_draft(t_draft)
+        if t_catchup is not None:
+            self.model.seed_catchup(t_catchup)
 
     def measured(self) -> tuple[dict[int, float], float | None]:
         """What this run measured itself: ({n: t_v(n)}, t_d or None), to remember."""
@@ -753,7 +823,8 @@ class AutoK:
     def observe_round(self, *, k: int, n_accepted: int, draft_seconds: float,
                       verify_seconds: float, source: str = "model",
                       draft_probs: Sequence[float] | None = None,
-                      verify_calls: Sequence[tuple[int, float]] | None = None) -> None:
+                      verify_calls: Sequence[tuple[int, float]] | None = None,
+                      catchup: tuple[int, float] | None = None) -> None:
         """Learn from one round. `verify_calls` lists (tokens, seconds) per target decode
         call when verification took several (strict mode); the default is one call of
         k + 1 tokens taking verify_seconds."""
@@ -765,4 +836,5 @@ class AutoK:
             self.ngram.observe_round(self._match_len, k, n_accepted, verify_seconds)
             return
         self.model.observe_round(k, n_accepted, draft_seconds, verify_seconds,
-                                             draft_probs=draft_probs if draft_probs else None)
+                                 draft_probs=draft_probs if draft_probs else None,
+                                 catchup=catchup)

@@ -27,6 +27,7 @@ class Proposal:
     source: str = "none"  # "model" | "ngram" | "none"
     seconds: float = 0.0  # all drafting time, for the time split
     catchup_seconds: float = 0.0  # of which: feeding the draft tokens it missed (K=0 rounds)
+    catchup_tokens: int = 0  # how many it fed then (0: the usual one or two)
     q_probs: list[float] = field(default_factory=list)  # q(x) of each draft, for --k auto
 
 
@@ -79,6 +80,7 @@ class ModelDrafter:
         logits = self.model.decode(feed, 1)[0]
         if len(feed) > 2:
             prop.catchup_seconds = time.perf_counter() - t0
+            prop.catchup_tokens = len(feed)
         for i in range(k):
             x, q = self._draw(logits[: self.n_vocab], rng)
             prop.tokens.append(x)

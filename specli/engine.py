@@ -351,7 +351,9 @@ class _Run:
         self.policy.observe_round(k=len(prop.tokens), n_accepted=n,
                                   draft_seconds=prop.seconds - prop.catchup_seconds,
                                   verify_seconds=t_verify, source=prop.source,
-                                  draft_probs=prop.q_probs, verify_calls=calls)
+                                  draft_probs=prop.q_probs, verify_calls=calls,
+                                  catchup=((prop.catchup_tokens, prop.catchup_seconds)
+                                           if prop.catchup_tokens else None))
         rnd = Round(self.stats.rounds, k, prop.source if prop.tokens else "none",
                     tuple(prop.tokens), verdict.accept_probs, n, verdict.token, verdict.bonus,
                     tuple(kept), pieces, rejected, prop.seconds, t_verify, t_sample, detail)

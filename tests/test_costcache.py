@@ -190,3 +190,24 @@ def _prompts(tmp_path: Path) -> Path:
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps({"id": "a", "prompt": "the cat sat on the mat, the cat sat"}) + "\n")
     return f
+
+
+def test_catchup_cost_is_remembered_and_seeds_the_next_run(tmp_path):
+    """The draft's catch-up cost per token a run measured is kept with the draft's entry, and
+    the next run starts from it: with it dear, that run does not probe the draft at all."""
+    path = tmp_path / "c.json"
+    target, draft = fake_model(tmp_path / "t.gguf"), fake_model(tmp_path / "d.gguf")
+    auto = AutoK(8)
+    auto.verify.observe(1, 0.04)
+    auto.model.observe_round(2, 0, 0.01, 0.08, catchup=(33, 0.005 + 32 * 0.004))
+    assert auto.model.measured_catchup == pytest.approx(0.004, rel=0.3)
+    remember(auto, CostCache(path), target, draft)
+    stored = CostCache(path)
+    assert stored.t_catchup(model_key(draft)) == pytest.approx(auto.model.measured_catchup)
+    nxt = AutoK(8)
+    seed_policy(nxt, stored, target, draft)
+    assert nxt.model.t_catchup == pytest.approx(auto.model.measured_catchup)
+    nxt.verify.observe(1, 0.04)
+    assert nxt.model.probing_too_dear()  # 4 ms per token against a 40 ms target step
+    stored.update(model_key(draft), t_catchup=0.0)  # free (a GPU): still kept, > 0
+    assert 0 < stored.t_catchup(model_key(draft)) < 0.004

@@ -210,6 +210,66 @@ def test_a_productive_probe_resets_the_wait():
     assert max(ks[-50:]) > 0 and policy._probe_gap == 16
 
 
+def run_rounds_catching_up(policy: KPolicy, rounds: int, alpha: float, t_d: float, t_v,
+                           t_c: float, seed: int = 0):
+    """run_rounds, with the draft's catch-up after K = 0 stretches reported as the engine does:
+    a model round after L rounds at K = 0 first feeds L + 1 tokens, t_d + L * t_c seconds."""
+    rng = np.random.default_rng(seed)
+    ks, behind = [], 0
+    for _ in range(rounds):
+        k = policy.choose_k()
+        ks.append(k)
+        catchup = (behind + 1, t_d + behind * t_c) if k > 0 and behind + 1 > 2 else None
+        behind = behind + 1 if k == 0 else 0
+        policy.observe_round(k, simulate_round(rng, alpha, k), k * t_d, t_v(k + 1),
+                             catchup=catchup)
+    return ks
+
+
+def test_dear_catchup_stops_probing_once_k_settles_at_zero():
+    """CPU: catching the draft up costs 0.11 t_v(1) per token (a batched draft decode), so
+    every probe costs ~11% of the K = 0 stretch before it, found or not: after the first
+    probe measures that, the policy stops probing. Everything else as in
+    test_cpu_probe_then_back_to_zero, where probes go on for ever."""
+    policy = KPolicy(8, probe_every=16, probe_k=2)
+    ks = run_rounds_catching_up(policy, 600, alpha=0.3, t_d=0.2 * T1, t_v=cpu_curve,
+                                t_c=0.11 * T1)
+    assert policy.t_catchup == pytest.approx(0.11 * T1)
+    assert policy.probing_too_dear()
+    late = ks[60:]
+    assert sum(ks[:60]) > 0 and not any(late), "probed although catch-up costs more than it can win"
+
+
+def test_cheap_catchup_keeps_probing():
+    """GPU-like: a catch-up costs 0.005 t_v(1) per token, under the 2% budget: probes go on."""
+    policy = KPolicy(8, probe_every=16, probe_k=2)
+    ks = run_rounds_catching_up(policy, 600, alpha=0.3, t_d=0.2 * T1, t_v=cpu_curve,
+                                t_c=0.005 * T1)
+    assert not policy.probing_too_dear()
+    assert any(ks[300:]), "stopped probing although catch-up is cheap"
+
+
+def test_remembered_catchup_means_no_probe_at_all():
+    """With t_c remembered from an earlier run (scaled like t_v), not even a first probe."""
+    policy = KPolicy(8, probe_every=16, probe_k=2)
+    policy.seed_catchup(0.11 * T1)
+    ks = run_rounds_catching_up(policy, 400, alpha=0.3, t_d=0.2 * T1, t_v=cpu_curve,
+                                t_c=0.11 * T1)
+    first_zero = ks.index(0)
+    assert not any(ks[first_zero + 20:])
+    with pytest.raises(ValueError):
+        policy.seed_catchup(float("nan"))
+
+
+def test_catchup_does_not_stop_drafting_that_pays():
+    """Dear catch-up only gates probes from K = 0: where drafting pays it keeps drafting."""
+    policy = KPolicy(8, probe_every=16)
+    policy.seed_catchup(0.5 * T1)
+    ks = run_rounds_catching_up(policy, 300, alpha=0.9, t_d=0.1 * T1, t_v=gpu_curve,
+                                t_c=0.5 * T1)
+    assert np.mean([k > 0 for k in ks[50:]]) > 0.9
+
+
 def test_probing_is_deterministic_and_choose_k_idempotent():
     a = run_rounds(KPolicy(8), 150, alpha=0.9, t_d=0.55 * T1, t_v=cpu_curve, seed=3)
     b = run_rounds(KPolicy(8), 150, alpha=0.9, t_d=0.55 * T1, t_v=cpu_curve, seed=3)
@@ -302,6 +362,24 @@ def test_keep_drafting_on_cpu_curve_never_drafts():
     policy = KPolicy(8)
     run_rounds(policy, 200, alpha=0.9, t_d=0.55 * T1, t_v=cpu_curve)
     assert not policy.keep_drafting(0, 1.0)
+
+
+def test_keep_drafting_looks_past_a_step_in_the_curve():
+    """Stepped CPU curve (1.00 1.56 2.10 1.82 2.50 x t_v(1)), t_d = 0.3 t_v(1), alpha 0.9:
+    only K = 3 pays (a batch of 4 is cheaper than one of 3). After one confident draft the
+    next token alone costs more than it gains, but the two after it pay: draft on to 3.
+    The one-step rule stopped at 1 draft, the length that cannot pay there."""
+    steps = [1.00, 1.56, 2.10, 1.82, 2.50, 2.91, 3.40, 3.68, 3.93]
+    policy = KPolicy(8, draft_cost=0.3 * T1, prior_alpha=0.9, alpha_weight=1e-6)
+    for n, r in enumerate(steps, start=1):
+        policy.verify.observe(n, r * T1)
+    assert policy.greedy_k() == 3
+    n, p = 0, 1.0
+    while policy.keep_drafting(n, p):
+        n, p = n + 1, p * policy.alpha
+    assert n == 3
+    assert policy.keep_drafting(2, 0.81)  # the 4th verify row is cheaper than the 3rd
+    assert not policy.keep_drafting(1, 0.05)  # an unsure draft still stops the round
 
 
 def test_observe_round_rejects_bad_counts():

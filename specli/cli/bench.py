@@ -126,7 +126,8 @@ def bench_cmd(
             from specli.costcache import store_calibration
 
             store_calibration(gen.costs, gen.loaded.target, gen.loaded.draft,
-                              result.calibration.t_verify, result.calibration.t_draft)
+                              result.calibration.t_verify, result.calibration.t_draft,
+                              result.calibration.t_catchup)
     if json_file is not None:
         _write_json(result.to_json(), json_file)
     if csv_file is not None:
