@@ -279,6 +279,27 @@ def test_greedy_equivalence_ngram_hybrid_and_auto(models, kind, k, prompt):
         assert any(r.drafter == "ngram" for r in rounds)
 
 
+def test_hybrid_decodes_the_prompt_in_the_draft_only_when_it_drafts(models):
+    """The hybrid drafter's draft model decodes the prompt on first use: a generation that
+    never drafts with the model (here K = 0 is forced) leaves the draft's cache as it was
+    (only the matching prefix kept); one that does catches up and matches the target alone."""
+    from specli.drafters import HybridDrafter, NgramDrafter
+
+    target, draft = models
+    prompt = target.tokenize(PROMPTS[0], add_special=False)
+    draft.truncate(0)
+    drafter = HybridDrafter(ModelDrafter(draft, GREEDY, target.n_vocab), NgramDrafter(n_min=1),
+                            min_match=99)  # never an n-gram round: every round is the model's
+    _, done = run_with(target, drafter, prompt, 0, max_tokens=12)
+    assert draft.n_past == 0, "the draft decoded a prompt it never drafted from"
+    _, base = generate(target, draft, prompt, 0, max_tokens=40)
+    draft.truncate(0)
+    rounds, done = run_with(target, drafter, prompt, 3, max_tokens=40)
+    assert done.tokens == base.tokens
+    assert any(r.drafter == "model" and r.draft_tokens for r in rounds)
+    assert draft.n_past >= len(prompt)  # caught up on the prompt in the first model round
+
+
 def test_auto_k_records_its_choice_per_round(models):
     target, draft = models
     rounds, done = run_with(target, ModelDrafter(draft, GREEDY, target.n_vocab), PROMPTS[0], "auto",

@@ -207,8 +207,10 @@ def test_second_turn_evaluates_only_the_new_tokens(client, speculative):
         # the last draft of an all-accepted round, and one token the target made alone (K = 0
         # when a single token was left before max_tokens)
         assert t["draft_prompt_n"] <= t["prompt_n"] + 2
-    elif t["draft_prompt_n"] is not None:  # --k auto: rounds of K = 0 leave the draft to catch up
-        assert t["draft_prompt_n"] <= t["prompt_n"] + first.usage.completion_tokens + 1
+    elif t["draft_prompt_n"] is not None:  # --k auto, hybrid drafter: the draft decodes a
+        # prompt only once it drafts (rounds of K = 0 and n-gram rounds leave it behind), so
+        # it may hold none of the conversation yet; never more than the prompt to catch up on
+        assert t["draft_prompt_n"] <= second.usage.prompt_tokens
 
 
 def test_content_as_text_parts(client):
