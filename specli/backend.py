@@ -509,6 +509,28 @@ class LlamaModel:
         self.truncate(n)
         return n
 
+    def save_state(self) -> tuple[tuple[int, ...], bytes]:
+        """The cached tokens and their KV state (sequence 0), for `load_state` later."""
+        lc = self._lc
+        size = lc.llama_state_seq_get_size(self._ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        n = lc.llama_state_seq_get_data(self._ctx, buf, size, 0)
+        if n == 0 and self.tokens:
+            raise ModelError(f"llama.cpp could not save the KV state of {self.path.name}")
+        return tuple(self.tokens), bytes(memoryview(buf)[:n])
+
+    def load_state(self, tokens: Sequence[int], data: bytes) -> None:
+        """Replace the cache with a state `save_state` returned (same model and context)."""
+        lc = self._lc
+        self.reset()
+        if not tokens:
+            return
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if lc.llama_state_seq_set_data(self._ctx, buf, len(data), 0) == 0:
+            self.reset()
+            raise ModelError(f"llama.cpp could not restore a KV state of {self.path.name}")
+        self.tokens = list(tokens)
+
     @property
     def n_past(self) -> int:
         return len(self.tokens)

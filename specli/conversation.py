@@ -107,10 +107,15 @@ class Reply:
         chunk = conv.gen.strict_chunk(spec, self.policy, len(tokens))
         self.conv, self.prompt_tokens = conv, len(tokens)
         target = conv.target
+        # A saved state of an earlier prompt may share more with this one than the live
+        # cache does (a client alternating between conversations): start from it.
+        self.restored = conv.prompt_states(target).prepare(target, tokens)
         # Keep the longest cached prefix now, to count what is evaluated; the engine's own
         # reuse_prefix then finds nothing more to drop.
         self.prompt_evaluated = len(tokens) - target.reuse_prefix(tokens)
         self.draft_model = _draft_model(drafter) if spec.k != 0 else None
+        if self.draft_model is not None:
+            conv.prompt_states(self.draft_model).prepare(self.draft_model, tokens)
         self.draft_evaluated = (len(tokens) - self.draft_model.reuse_prefix(tokens)
                                 if self.draft_model is not None else None)
         self.events = speculative_generate(target, drafter, tokens, sampling, spec,
@@ -154,6 +159,13 @@ class Conversation:
         self.template = ChatTemplate.of(self.target)
         self._policies: dict = {}  # --k auto keeps what it measured across replies
         self._ngram = None  # one n-gram index for every reply (see drafter_policy)
+        self._states: dict[int, object] = {}  # per model: saved prompt states (promptcache)
+
+    def prompt_states(self, model):
+        """The saved KV states of recent prompts for `model` (target or draft)."""
+        from specli.promptcache import PromptStates
+
+        return self._states.setdefault(id(model), PromptStates())
 
     def tokens(self, messages: Sequence[dict]) -> list[int]:
         """The prompt of `messages` (dicts with role, content, and maybe the reply's tokens)."""

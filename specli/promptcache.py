@@ -1,0 +1,79 @@
+"""Saved KV states of recent prompts, so a client that alternates between conversations
+(an editor with two files open, an agent with sub-tasks, a load test) does not pay each
+prompt's prefill again. The target keeps one KV sequence; before a reply would throw away
+a long cached prefix, that state is saved here, and a reply whose prompt shares more with
+a saved state than with the live cache starts from the saved one.
+
+llama-server does the same with its host-memory prompt cache (`--cache-ram`): in the
+serve benchmark's load run (4 prompts, each sent twice) it evaluated the second sending
+of each as 1 token where specli serve decoded 186-225 of them again.
+
+Restoring is exact: the bytes are the KV entries llama.cpp computed for those tokens.
+Bounded by entries and bytes (least recently used first out). Pure bookkeeping over
+`LlamaModel.save_state` / `load_state`; the caller owns the model.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+MIN_GAIN = 16  # tokens: a shorter gain is not worth a state copy
+MAX_ENTRIES = 8
+MAX_BYTES = 512 * 2**20
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n, limit = 0, min(len(a), len(b))
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+class PromptStates:
+    """An LRU of (tokens, KV bytes) for one model."""
+
+    def __init__(self, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES,
+                 min_gain: int = MIN_GAIN) -> None:
+        self.max_entries, self.max_bytes, self.min_gain = max_entries, max_bytes, min_gain
+        self._states: OrderedDict[tuple[int, ...], bytes] = OrderedDict()
+        self.restored = 0  # replies that started from a saved state
+        self.saved = 0
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(map(len, self._states.values()))
+
+    def prepare(self, model, prompt: Sequence[int]) -> int:
+        """Before a reply to `prompt`: save the live state if the prompt would discard a long
+        cached part of it, and restore a saved state that shares more of the prompt than the
+        live one does. Returns the tokens restored from a saved state (0: none)."""
+        usable = len(prompt) - 1  # the last prompt token is always decoded with round 1
+        live = min(common_prefix(model.tokens, prompt), usable)
+        best_tokens, best = None, live
+        for tokens in self._states:
+            n = min(common_prefix(tokens, prompt), usable)
+            if n > best:
+                best_tokens, best = tokens, n
+        if len(model.tokens) - live >= self.min_gain:  # about to throw a long prefix away
+            self._put(*model.save_state())
+        if best_tokens is None or best - live < self.min_gain:
+            return 0
+        model.load_state(best_tokens, self._states[best_tokens])
+        self._states.move_to_end(best_tokens)
+        self.restored += 1
+        return best
+
+    def _put(self, tokens: tuple[int, ...], data: bytes) -> None:
+        if not tokens or len(data) > self.max_bytes:
+            return
+        # A saved state that is a prefix of this one adds nothing.
+        for old in [t for t in self._states if common_prefix(t, tokens) == len(t)]:
+            del self._states[old]
+        self._states[tokens] = data
+        self.saved += 1
+        while len(self._states) > self.max_entries or self.nbytes > self.max_bytes:
+            self._states.popitem(last=False)
