@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Sequence
 
+from specli.errors import ModelError
+
 MIN_GAIN = 16  # tokens: a shorter gain is not worth a state copy
 MAX_ENTRIES = 8
 MAX_BYTES = 512 * 2**20
@@ -58,12 +60,19 @@ class PromptStates:
             n = min(common_prefix(tokens, prompt), usable)
             if n > best:
                 best_tokens, best = tokens, n
+        # Taken before saving the live state: saving may evict it (least recently used).
+        data = self._states.get(best_tokens) if best_tokens is not None else None
         if len(model.tokens) - live >= self.min_gain:  # about to throw a long prefix away
             self._put(*model.save_state())
-        if best_tokens is None or best - live < self.min_gain:
+        if data is None or best - live < self.min_gain:
             return 0
-        model.load_state(best_tokens, self._states[best_tokens])
-        self._states.move_to_end(best_tokens)
+        try:
+            model.load_state(best_tokens, data)
+        except ModelError:  # the model is left empty: the prompt is simply decoded
+            self._states.pop(best_tokens, None)
+            return 0
+        if best_tokens in self._states:
+            self._states.move_to_end(best_tokens)
         self.restored += 1
         return best
 

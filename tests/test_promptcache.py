@@ -73,3 +73,19 @@ def test_small_gains_and_bounds(target):
         next_logits(target, p)
     assert len(states) == 2
     assert PromptStates(max_bytes=1)._put((1, 2), b"xx") is None  # over the byte bound: dropped
+
+
+def test_restoring_a_state_that_saving_the_live_one_evicts(target):
+    """One slot: the live state (B) must be saved, which evicts the state to restore (A).
+    The restore still happens (its bytes were taken first), and is exact."""
+    a = target.tokenize(TEXT_A, add_special=False)
+    b = target.tokenize(TEXT_B, add_special=False)
+    states = PromptStates(max_entries=1)
+    target.reset()
+    want_a = next_logits(target, a)
+    states.prepare(target, b)  # saves A
+    next_logits(target, b)
+    assert states.prepare(target, a) == len(a) - 1  # saves B (evicting A), restores A
+    target.reuse_prefix(a)
+    np.testing.assert_array_equal(np.array(target.decode(a[-1:], 1)[0]), want_a)
+    assert len(states) == 1
