@@ -60,6 +60,14 @@ def check_gguf_file(path: Path) -> None:
     check_gguf(Path(path))
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two sequences share."""
+    n, limit = 0, min(len(a), len(b))
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 SPIN_COUNT_ENV = "GOMP_SPINCOUNT"
 SPIN_COUNT_DEFAULT = "1000"  # libgomp's own value when it knows it is oversubscribed
@@ -502,10 +510,7 @@ class LlamaModel:
         The last token of a prompt is always left pending (decoded with the first round),
         so at most len(tokens) - 1 positions are kept.
         """
-        limit = min(len(self.tokens), len(tokens) - 1)
-        n = 0
-        while n < limit and self.tokens[n] == tokens[n]:
-            n += 1
+        n = min(common_prefix(self.tokens, tokens), len(tokens) - 1)
         self.truncate(n)
         return n
 

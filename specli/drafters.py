@@ -133,11 +133,9 @@ class NgramDrafter:
 
     def prefill(self, committed: Sequence[int]) -> None:
         """At the start of a generation: keep only the indexed prefix that still matches."""
-        seen = self.index.tokens
-        n = 0
-        limit = min(len(seen), len(committed))
-        while n < limit and seen[n] == committed[n]:
-            n += 1
+        from specli.backend import common_prefix
+
+        n = common_prefix(self.index.tokens, committed)
         self.index.truncate(n)
         self.index.extend(committed[n:])
 

@@ -18,18 +18,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Sequence
 
+from specli.backend import common_prefix
 from specli.errors import ModelError
 
 MIN_GAIN = 16  # tokens: a shorter gain is not worth a state copy
 MAX_ENTRIES = 8
 MAX_BYTES = 512 * 2**20
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n, limit = 0, min(len(a), len(b))
-    while n < limit and a[n] == b[n]:
-        n += 1
-    return n
 
 
 class PromptStates:
