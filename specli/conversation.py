@@ -14,6 +14,7 @@ Nothing here prints or imports the engine's readers; errors are SpecliErrors.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
@@ -109,6 +110,7 @@ class Reply:
         target = conv.target
         # A saved state of an earlier prompt may share more with this one than the live
         # cache does (a client alternating between conversations): start from it.
+        t0 = time.perf_counter()
         self.restored = conv.prompt_states(target).prepare(target, tokens)
         # Keep the longest cached prefix now, to count what is evaluated; the engine's own
         # reuse_prefix then finds nothing more to drop.
@@ -116,6 +118,7 @@ class Reply:
         self.draft_model = _draft_model(drafter) if spec.k != 0 else None
         if self.draft_model is not None:
             conv.prompt_states(self.draft_model).prepare(self.draft_model, tokens)
+        self.restore_seconds = time.perf_counter() - t0  # part of the prompt's time
         self.draft_evaluated = (len(tokens) - self.draft_model.reuse_prefix(tokens)
                                 if self.draft_model is not None else None)
         self.events = speculative_generate(target, drafter, tokens, sampling, spec,
@@ -138,6 +141,9 @@ class Reply:
         if done is None or done.stop_reason == "interrupted":
             for model in (self.conv.target, self.draft_model):
                 _drop_uncounted_cells(model)
+        for model in (self.conv.target, self.draft_model):  # for a client that comes back
+            if model is not None:
+                self.conv.prompt_states(model).keep(model)
         if done is None:
             return None
         return Turn(self.prompt_tokens, self.prompt_evaluated, self.draft_evaluated,

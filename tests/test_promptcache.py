@@ -89,3 +89,27 @@ def test_restoring_a_state_that_saving_the_live_one_evicts(target):
     target.reuse_prefix(a)
     np.testing.assert_array_equal(np.array(target.decode(a[-1:], 1)[0]), want_a)
     assert len(states) == 1
+
+
+def test_kept_after_a_reply_is_not_saved_again_before_the_next(target):
+    """`keep` (after a reply, off the request path) saves the live state; the next prompt
+    that discards it finds it saved already and copies nothing on its way in."""
+    a = target.tokenize(TEXT_A, add_special=False)
+    b = target.tokenize(TEXT_B, add_special=False)
+    states = PromptStates()
+    target.reset()
+    states.prepare(target, a)
+    want_a = next_logits(target, a)
+    states.keep(target)
+    states.keep(target)  # the same state twice: one copy
+    assert (len(states), states.saved) == (1, 1)
+    assert states.prepare(target, b) == 0 and states.saved == 1  # nothing copied before B
+    next_logits(target, b)
+    short = PromptStates()
+    target.reset()
+    target.decode(a[:5], 0)
+    short.keep(target)  # shorter than the smallest gain worth a restore: not kept
+    assert len(short) == 0
+    assert states.prepare(target, a) == len(a) - 1  # A restored from what keep saved
+    target.reuse_prefix(a)
+    np.testing.assert_array_equal(np.array(target.decode(a[-1:], 1)[0]), want_a)

@@ -18,7 +18,8 @@ FINGERPRINT = "specli"
 
 def timings(stats, reply, tally, queue_ms: float) -> dict:
     """One generation's timings, from the engine's Stats and the tally of its rounds."""
-    prompt_ms = 1000 * stats.prompt_seconds
+    # A prompt restored from a saved state (promptcache) took that restore's time instead.
+    prompt_ms = 1000 * (stats.prompt_seconds + reply.restore_seconds)
     predicted_ms = 1000 * stats.decode_seconds
     n_prompt, n_out = reply.prompt_evaluated, stats.new_tokens
     return {
