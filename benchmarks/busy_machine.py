@@ -5,8 +5,9 @@ With more runnable threads than cores, each barrier waits for a thread the kerne
 descheduled, and decoding can collapse (a compile beside `specli run` took it from ~14 to
 1.1 tok/s). This script measures it: for 0, 1 and 2 busy-loop processes (bounded: they
 exit after the run), for each thread count and OpenMP wait setting (libgomp's default
-300k spins, passive, and specli's default of 1000 spins), the target's tok/s
-over the same 32 single-token decodes, in a fresh process each time.
+300k spins, passive, 1000 spins, and specli's default since session 7: libgomp's spin
+with threads that follow the load, specli/threads.py), the target's tok/s over the same
+32 single-token decodes, in a fresh process each time.
 
     python benchmarks/busy_machine.py [--llama-bin DIR] [--tokens 32] [--repeats 2]
 
@@ -25,10 +26,14 @@ import sys
 import time
 from pathlib import Path
 
+GOVERNED = "governed threads (specli)"  # libgomp's spin; specli/threads.py sheds threads
 PROBE = r"""
 import sys, time, numpy as np
 from specli.backend import LlamaModel
 m = LlamaModel(sys.argv[1], n_ctx=512, n_threads=int(sys.argv[2]))
+if sys.argv[4:] == ["govern"]:
+    from specli.threads import governor_for
+    governor_for([m], threads_given=False)
 tok = m.tokenize("def quicksort(items):\n")
 row = m.decode(tok, 1)[0]
 nxt = int(np.argmax(row))
@@ -61,8 +66,9 @@ def with_load(n_busy: int, seconds: float, fn):
             p.join()
 
 
-def specli_tps(target: str, threads: int, tokens: int, env: dict) -> float:
-    out = subprocess.run([sys.executable, "-c", PROBE, target, str(threads), str(tokens)],
+def specli_tps(target: str, threads: int, tokens: int, env: dict, govern: bool = False) -> float:
+    out = subprocess.run([sys.executable, "-c", PROBE, target, str(threads), str(tokens)]
+                         + (["govern"] if govern else []),
                          capture_output=True, text=True, env=env, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr else "failed")
@@ -105,7 +111,8 @@ def main() -> None:
     threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({cores, max(1, cores - 1)}, reverse=True)
     policies = {"spin 300k (libgomp default)": {"GOMP_SPINCOUNT": "300000"},
                 "passive": {"OMP_WAIT_POLICY": "passive"},
-                "spin 1000 (specli default)": {"GOMP_SPINCOUNT": "1000"}}
+                "spin 1000": {"GOMP_SPINCOUNT": "1000"},
+                GOVERNED: {}}
     rows = []
     for load in (int(x) for x in args.loads.split(",")):
         for t in threads:
@@ -118,7 +125,10 @@ def main() -> None:
                         continue
                     samples = []
                     for _ in range(args.repeats):
-                        fn = (lambda: specli_tps(target, t, args.tokens, env)) if tool == "specli" \
+                        if tool == "llama-bench" and pname == GOVERNED:
+                            break
+                        fn = (lambda: specli_tps(target, t, args.tokens, env, pname == GOVERNED)) \
+                            if tool == "specli" \
                             else (lambda: llama_bench_tps(args.llama_bin, target, t, args.tokens, env))
                         try:
                             samples.append(with_load(load, 300, fn))

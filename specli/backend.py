@@ -68,27 +68,13 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
-SPIN_COUNT_ENV = "GOMP_SPINCOUNT"
-SPIN_COUNT_DEFAULT = "1000"  # libgomp's own value when it knows it is oversubscribed
-
-
 def _llama():
     """Import llama_cpp once, route its logging to Python logging, init the backend.
 
-    llama.cpp's OpenMP workers meet at an `omp barrier` after every graph node (hundreds
-    per token) and spin there before sleeping: libgomp's default is 300k spins (~3 ms).
-    With more runnable threads than cores (a compile beside us) every wait is for a
-    descheduled thread and decoding collapses: 2 cores, 2 busy loops, 0.32 tok/s. Never
-    spinning (OMP_WAIT_POLICY=passive) avoids that but pays a futex sleep and wake at
-    every barrier, ~10% idle. A short spin (GOMP_SPINCOUNT=1000, what libgomp itself uses
-    when oversubscribed) keeps the idle speed and degrades like passive under load
-    (benchmarks/busy_machine.py; table in benchmarks/README.md). Unless the user set either
-    variable, specli sets that. It must be set before libgomp loads, i.e. before llama_cpp
-    is imported. (LLVM's libomp and builds without OpenMP ignore it.)
+    OpenMP's wait policy is left to libgomp (and to OMP_WAIT_POLICY / GOMP_SPINCOUNT when
+    the user sets them): its long spin is what makes an idle machine decode fast, and the
+    collapse it causes on a busy one is handled by shedding threads (specli/threads.py).
     """
-    if WAIT_POLICY_ENV not in os.environ:
-        os.environ.setdefault(SPIN_COUNT_ENV, SPIN_COUNT_DEFAULT)
     import llama_cpp
 
     if not getattr(llama_cpp, "_specli_ready", False):
@@ -406,7 +392,9 @@ class LlamaModel:
             raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.path}")
         self.n_ctx = lc.llama_n_ctx(self._ctx)
         self.n_batch = n_batch
-        self.n_threads = threads
+        self.n_threads = threads  # as configured (cost-cache keys, stats)
+        self.threads_now = threads  # what decodes use now (a ThreadGovernor may lower it)
+        self.governor = None  # set by threads.governor_for
         self.n_gpu_layers = n_gpu_layers
         self.placement_key = self.placement.key
         self.device = device_label(self.buffers, n_gpu_layers)
@@ -465,6 +453,8 @@ class LlamaModel:
             raise ContextFullError(
                 f"context full: {self.n_past} + {n} tokens exceed --ctx {self.n_ctx}"
             )
+        if self.governor is not None:
+            self.governor.tick()
         start = 0
         while start < n:
             # Chunks are cut from the end so that the final chunk holds >= n_logits tokens.
@@ -477,6 +467,11 @@ class LlamaModel:
             return np.empty((0, self.n_vocab), dtype=np.float32)
         ptr = self._lc.llama_get_logits(self._ctx)
         return np.ctypeslib.as_array(ptr, shape=(n_logits, self.n_vocab))
+
+    def set_threads(self, n: int) -> None:
+        """Decode with n threads from the next call on (prompt batches too)."""
+        self._lc.llama_set_n_threads(self._ctx, n, n)
+        self.threads_now = n
 
     def _decode_chunk(self, tokens: Sequence[int], n_logits: int) -> None:
         m = len(tokens)

@@ -67,13 +67,15 @@ def gpu() -> dict:
 
 
 def threads() -> dict:
-    """Threads per model, and the OpenMP settings llama.cpp's workers run with (specli sets
-    GOMP_SPINCOUNT=1000 unless the user set it or OMP_WAIT_POLICY: see backend._llama)."""
+    """Threads per model, and the OpenMP settings llama.cpp's workers run with (the user's;
+    specli sets none). Threads specli chose follow the machine's load: specli/threads.py."""
     from specli.backend import physical_cores
 
     env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
            if k in os.environ}
-    return {"default": physical_cores(), "env": env}
+    return {"default": physical_cores(), "env": env,
+            "follow_load": "default threads drop while other processes use the CPUs "
+                           "(not with --threads)"}
 
 
 def default_pair() -> dict:

@@ -83,6 +83,11 @@ def load_models(paths: ModelPaths, runtime: RuntimeConfig, *, force: bool = Fals
             target.close()
             raise
     n_vocab = min(target.n_vocab, draft.n_vocab) if draft is not None else target.n_vocab
+    from specli.threads import governor_for
+
+    # Threads specli chose follow the machine's load (a compile beside it); given ones stay.
+    governor_for((target, draft), threads_given=runtime.n_threads is not None
+                 or runtime.draft_n_threads is not None)
     return Loaded(target, draft, n_vocab, warning)
 
 

@@ -72,11 +72,11 @@ def test_doctor_probe_on_the_real_pair(real_pair):
 
 
 @pytest.mark.parametrize("given, spincount, policy", [
-    ({}, "1000", None),  # specli's default: a short spin, libgomp's own oversubscribed value
+    ({}, None, None),  # specli sets nothing: libgomp's own spin (threads follow the load instead)
     ({"OMP_WAIT_POLICY": "passive"}, None, "passive"),  # the user's policy is left alone
     ({"GOMP_SPINCOUNT": "50000"}, "50000", None),  # and so is the user's spin count
 ])
-def test_openmp_wait_default_is_set_before_llama_cpp_loads(given, spincount, policy):
+def test_openmp_wait_settings_are_the_users_own(given, spincount, policy):
     """What llama.cpp's workers are started with, as doctor reports it: in a fresh process,
     because libgomp reads the environment once, when it loads."""
     import json as _json

@@ -1,0 +1,138 @@
+"""Decode threads that follow the machine's load: full speed when it is idle, no collapse
+when something else runs beside us.
+
+llama.cpp's OpenMP workers meet at a barrier after every graph node (hundreds per token)
+and spin there before sleeping (libgomp: 300k spins unless GOMP_SPINCOUNT says otherwise).
+On an idle machine that spinning is what makes decoding fast; on an oversubscribed one
+every barrier waits for a descheduled thread: 2 cores, 2 busy loops beside 2 spinning
+threads, 0.32 tok/s (benchmarks/README.md, "A busy machine"). A short spin everywhere
+(GOMP_SPINCOUNT=1000, specli's default until this module) degraded gracefully but cost
+idle speed: paired against llama-server on the same requests, specli serve's K = 0 ran
+0.95x it with a 1000-spin, 1.03x with libgomp's default.
+
+So the spin stays libgomp's, and the thread count follows the load instead: every couple
+of seconds of decoding, `ThreadGovernor.tick` reads how much CPU time *other* processes
+took on the CPUs we may run on (/proc/stat minus our own rusage), and gives up threads
+they are using (`llama_set_n_threads`), taking them back once they are free. One thread
+beside two busy loops decodes at 4.4 tok/s where two spinning threads managed 0.32.
+
+Only for thread counts specli chose itself (`--threads` not given), on the CPU, on Linux.
+`decide` is the pure rule; `CpuSampler` the only part that reads /proc.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import resource
+import time
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+WINDOW_S = 0.5  # decide over at least this much wall time (/proc/stat counts 1/100 s)
+STALE_S = 10.0  # a window this long spanned an idle spell (a server between requests): restart it
+SLACK = 0.3  # keep a thread unless others take more than 70% of its share
+
+
+def decide(configured: int, others_cpus: float, n_cpus: int) -> int:
+    """Threads to run with: the configured count scaled by the share of the CPUs that other
+    processes leave free, rounded down after SLACK, never below 1 nor above configured."""
+    if configured <= 1 or n_cpus <= 0:
+        return max(1, configured)
+    free = max(0.0, 1.0 - others_cpus / n_cpus)
+    return max(1, min(configured, math.floor(configured * free + SLACK)))
+
+
+class CpuSampler:
+    """(busy CPU seconds on our CPUs, this process's CPU seconds, wall time), from /proc/stat."""
+
+    def __init__(self) -> None:
+        try:
+            self.cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+        except (AttributeError, OSError):
+            self.cpus = None
+        self.tick_s = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.available = self.cpus is not None and self.read() is not None
+
+    @property
+    def n_cpus(self) -> int:
+        return len(self.cpus or ())
+
+    def read(self) -> tuple[float, float, float] | None:
+        try:
+            busy = 0
+            with open("/proc/stat") as f:
+                for line in f:
+                    name, _, rest = line.partition(" ")
+                    if name in self.cpus:
+                        v = [int(x) for x in rest.split()]
+                        busy += sum(v) - v[3] - (v[4] if len(v) > 4 else 0)  # minus idle, iowait
+                    elif not name.startswith("cpu"):
+                        break
+        except (OSError, ValueError, TypeError):
+            return None
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return busy / self.tick_s, ru.ru_utime + ru.ru_stime, time.monotonic()
+
+
+class ThreadGovernor:
+    """Sets the decode threads of the models it governs from the load other processes put
+    on the CPUs. Call `tick()` before each decode: it costs a clock read, and a /proc read
+    once per WINDOW_S."""
+
+    def __init__(self, models, sampler=None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.models = [m for m in models if m is not None]
+        self.configured = {id(m): m.n_threads for m in self.models}
+        self.sampler = sampler if sampler is not None else CpuSampler()
+        self.clock = clock
+        self.others_cpus = 0.0  # what the last window measured
+        self.changes: list[tuple[int, int, float]] = []  # (from, to, others' CPUs)
+        self._start = self.sampler.read() if self.sampler.available else None
+        self._next = clock() + WINDOW_S
+
+    @property
+    def threads(self) -> int:
+        """The target's (first model's) threads now."""
+        return self.models[0].threads_now if self.models else 0
+
+    def tick(self) -> None:
+        now = self.clock()
+        if self._start is None or now < self._next:
+            return
+        end = self.sampler.read()
+        start, self._start, self._next = self._start, end, now + WINDOW_S
+        if end is None or start is None:
+            return
+        wall = end[2] - start[2]
+        if wall <= 0 or wall > STALE_S:
+            return
+        self.others_cpus = max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / wall)
+        self.apply(self.others_cpus)
+
+    def apply(self, others_cpus: float) -> None:
+        n_cpus = self.sampler.n_cpus
+        for m in self.models:
+            want = decide(self.configured[id(m)], others_cpus, n_cpus)
+            if want != m.threads_now:
+                if m is self.models[0]:
+                    self.changes.append((m.threads_now, want, others_cpus))
+                    log.info("threads %d -> %d: other processes use %.1f of %d CPUs",
+                             m.threads_now, want, others_cpus, n_cpus)
+                m.set_threads(want)
+
+
+def governor_for(models, threads_given: bool) -> ThreadGovernor | None:
+    """A governor for models running on the CPU with threads specli chose, else None."""
+    models = [m for m in models if m is not None]
+    if threads_given or not models or any(m.device != "CPU" for m in models):
+        return None
+    if all(m.n_threads <= 1 for m in models):
+        return None
+    gov = ThreadGovernor(models)
+    if gov._start is None:  # no /proc/stat (not Linux): nothing to follow
+        return None
+    for m in models:
+        m.governor = gov
+    return gov
