@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """specli serve against llama-server, the same prompts through the same OpenAI API: prints figures.
 
-Servers (each started alone, so that none steals CPU from another; same pair, same
-threads per model, same context, one slot each):
+Servers (all started at once and sent each request in turn, so that every ratio pairs
+requests a few seconds apart: run one server after another and this VM's speed drifted
+by 20% between them, a llama-server that drafted nothing ran 1.2x the same target alone.
+An idle server uses no CPU. Same pair, same threads per model, same context, one slot
+each):
 
   specli          specli serve (--k auto, --drafter auto unless given); every request is
                   also sent with "speculative": {"k": 0}, right after, to the same server:
@@ -15,10 +18,11 @@ threads per model, same context, one slot each):
 Prompts: the built-in `code` suite and the held-out edit prompts
 (benchmarks/prompts/edit-heldout.jsonl), as chat completions (the server applies the
 target's chat template), at temperatures 0 and 0.8 (top-k 40, top-p 0.95, min-p 0.05 sent
-explicitly to both), seed = the repeat's number, max_tokens --n. Order inside a server:
+explicitly to both), seed = the repeat's number, max_tokens --n. Order:
 
   warm-up: one request per variant on the first prompt (dropped)
-  for repeat r: for prompt p: for temperature t: each variant once
+  for repeat r: for prompt p: for temperature t: each variant once, the order rotated
+  by one each time (so that no variant always follows the same one)
 
 tok/s per request is the server's own decode rate, `timings.predicted_per_second` (both
 servers report it, prompt processing excluded); wall tok/s (completion tokens / client
@@ -56,7 +60,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -217,22 +221,26 @@ def measure(client: Client, body: dict) -> dict:
             "finish_reason": r["choices"][0]["finish_reason"]}
 
 
-def run_server(url: str, name: str, variants: dict, prompts, a) -> list[dict]:
-    """The interleaved runs of one server; variants: label -> `speculative` (or None)."""
-    client = Client(url)
-    rows = []
-    for label, spec in variants.items():  # warm-up, dropped
-        measure(client, body_for(prompts[0][1], 0.0, 0, min(a.n, 32), spec))
+def run_side_by_side(servers: dict[str, tuple[str, dict]], prompts, a) -> list[dict]:
+    """Every request to every variant in turn; servers: name -> (url, {label: speculative})."""
+    clients = {name: Client(url) for name, (url, _) in servers.items()}
+    variants = [(name, label, spec) for name, (_, vs) in servers.items() for label, spec in vs.items()]
+    for name, label, spec in variants:  # warm-up, dropped
+        measure(clients[name], body_for(prompts[0][1], 0.0, 0, min(a.n, 32), spec))
+    rows, turn = [], 0
     for r in range(a.repeats):
         for suite, prompt, pid in prompts:
             for temp in a.temperatures:
-                for label, spec in variants.items():
-                    row = measure(client, body_for(prompt, temp, r, a.n, spec))
+                shift = turn % len(variants)
+                turn += 1
+                for name, label, spec in variants[shift:] + variants[:shift]:
+                    row = measure(clients[name], body_for(prompt, temp, r, a.n, spec))
                     row.update(server=label, suite=suite, prompt=pid, temperature=temp, repeat=r)
                     rows.append(row)
                     progress(row)
-    rows.append({"server": name, "models_rtt_ms": models_rtt(client)})
-    client.close()
+    for name, client in clients.items():
+        rows.append({"server": name, "models_rtt_ms": models_rtt(client)})
+        client.close()
     return rows
 
 
@@ -468,25 +476,24 @@ def main(argv=None) -> None:
     resolve_models(a)
     prompts = load_prompts(a)
     print(f"load average before: {os.getloadavg()}", file=sys.stderr)
-    rows, loads = [], []
-    port = free_port()
-    with running("specli", specli_argv(a, port), port) as url:
-        rows += run_server(url, "specli", {"specli": None, "specli K=0": {"k": 0}}, prompts, a)
-        if not a.skip_load:
-            loads.append(load_run(url, "specli", prompts, a))
+    loads = []
     configs = llama_configs(a)
-    for name, extra in configs.items():
+    with ExitStack() as stack:
         port = free_port()
-        with running(name, llama_argv(a, extra, port), port, llama_env(a)) as url:
-            rows += run_server(url, name, {name: None}, prompts, a)
-    suites = list(dict.fromkeys(s for s, _, _ in prompts))
-    summary = summarize(rows, list(configs), suites, a.temperatures)
-    if not a.skip_load:
-        best = max(configs, key=lambda n: median([r["tok_s"] for r in rows
-                                                  if r.get("server") == n and r.get("ok")]) or 0)
-        port = free_port()
-        with running(best, llama_argv(a, configs[best], port), port, llama_env(a)) as url:
-            loads.append(load_run(url, best, prompts, a))
+        servers = {"specli": (stack.enter_context(running("specli", specli_argv(a, port), port)),
+                              {"specli": None, "specli K=0": {"k": 0}})}
+        for name, extra in configs.items():
+            port = free_port()
+            url = stack.enter_context(running(name, llama_argv(a, extra, port), port, llama_env(a)))
+            servers[name] = (url, {name: None})
+        rows = run_side_by_side(servers, prompts, a)
+        suites = list(dict.fromkeys(s for s, _, _ in prompts))
+        summary = summarize(rows, list(configs), suites, a.temperatures)
+        if not a.skip_load:  # one server at a time: the others sit idle
+            best = max(configs, key=lambda n: median([r["tok_s"] for r in rows
+                                                      if r.get("server") == n and r.get("ok")]) or 0)
+            loads.append(load_run(servers["specli"][0], "specli", prompts, a))
+            loads.append(load_run(servers[best][0], best, prompts, a))
     print(f"load average after: {os.getloadavg()}", file=sys.stderr)
     print(f"target {Path(a.target).name}, draft {Path(a.draft).name}, threads {a.threads}, "
           f"ctx {a.ctx}, n {a.n}, repeats {a.repeats}, specli --k {a.k} --drafter {a.drafter}")
