@@ -217,6 +217,8 @@ def measure(client: Client, body: dict) -> dict:
             "wall_tok_s": n_out / wall if wall > 0 else 0.0,
             "draft_n": t.get("draft_n") or 0, "draft_n_accepted": t.get("draft_n_accepted") or 0,
             "overhead_ms": 1000 * wall - engine_ms if t else None,
+            "rounds": t.get("rounds"), "k_counts": t.get("k_counts"),  # specli's own fields
+            "rounds_by_drafter": t.get("rounds_by_drafter"), "draft_prompt_n": t.get("draft_prompt_n"),
             "text": r["choices"][0]["message"]["content"],
             "finish_reason": r["choices"][0]["finish_reason"]}
 
