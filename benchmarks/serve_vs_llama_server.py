@@ -219,6 +219,7 @@ def measure(client: Client, body: dict) -> dict:
             "overhead_ms": 1000 * wall - engine_ms if t else None,
             "rounds": t.get("rounds"), "k_counts": t.get("k_counts"),  # specli's own fields
             "rounds_by_drafter": t.get("rounds_by_drafter"), "draft_prompt_n": t.get("draft_prompt_n"),
+            "threads": t.get("threads"),
             "text": r["choices"][0]["message"]["content"],
             "finish_reason": r["choices"][0]["finish_reason"]}
 

@@ -172,6 +172,7 @@ def test_usage_and_timings(client):
     assert t["draft_n_accepted"] <= t["draft_n"]
     assert sum(t["k_counts"].values()) == t["rounds"] == sum(t["rounds_by_drafter"].values())
     assert set(t["rounds_by_drafter"]) <= {"model", "ngram", "none"}
+    assert t["threads"] == 1  # the server's --threads 1: given threads are never changed
 
 
 def test_per_request_speculation(client):

@@ -4,7 +4,9 @@
 predicted_n, predicted_ms, predicted_per_second, draft_n, draft_n_accepted, cache_n),
 so clients that parse them already keep working, and adds what speculation did:
 rounds, acceptance rate, tokens per round, the K chosen per round (counts), rounds by
-drafter, the draft model's prompt tokens evaluated, and the time spent queued.
+drafter, the draft model's prompt tokens evaluated, the time spent queued, and the
+target's decode threads at the end (specli/threads.py lowers them while other processes
+use the CPUs).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def timings(stats, reply, tally, queue_ms: float) -> dict:
         "k_counts": {str(k): n for k, n in sorted(tally.k_counts.items())},
         "rounds_by_drafter": dict(sorted(tally.by_drafter.items())),
         "draft_prompt_n": reply.draft_evaluated,
+        "threads": reply.conv.target.threads_now,  # fewer than --threads: other processes were busy
         "queue_ms": queue_ms,
     }
 
