@@ -119,11 +119,21 @@ class Reply:
         if self.draft_model is not None:
             conv.prompt_states(self.draft_model).prepare(self.draft_model, tokens)
         self.restore_seconds = time.perf_counter() - t0  # part of the prompt's time
-        self.draft_evaluated = (len(tokens) - self.draft_model.reuse_prefix(tokens)
-                                if self.draft_model is not None else None)
+        self._draft_reused = (self.draft_model.reuse_prefix(tokens)
+                              if self.draft_model is not None else 0)
         self.events = speculative_generate(target, drafter, tokens, sampling, spec,
                                            policy=self.policy, n_vocab=conv.gen.loaded.n_vocab,
                                            verify_chunk=chunk, trace=trace)
+
+    @property
+    def draft_evaluated(self) -> int | None:
+        """Prompt tokens the draft model decoded for this reply so far (None: no draft).
+
+        The hybrid drafter decodes the prompt in the draft only when it first drafts with
+        it, so a reply that never did reports 0, not the prompt it might have decoded."""
+        if self.draft_model is None:
+            return None
+        return max(0, min(self.draft_model.n_past, self.prompt_tokens) - self._draft_reused)
 
     @property
     def prompt_reused(self) -> int:

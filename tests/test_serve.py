@@ -225,6 +225,18 @@ def test_second_turn_evaluates_only_the_new_tokens(client, speculative):
         assert t["draft_prompt_n"] <= second.usage.prompt_tokens
 
 
+def test_draft_prompt_n_counts_what_the_draft_decoded(client):
+    """One token: no round can draft, so the hybrid's draft never decodes this prompt (its
+    prefill waits for the first model draft); a fixed K with the model drafter decodes it."""
+    prompt = "Count the draft's prompt tokens: one, two, three, four."
+    lazy = chat(client, prompt, temperature=0, max_tokens=1).model_extra["timings"]
+    assert lazy["draft_prompt_n"] == 0
+    eager = chat(client, prompt + " Five.", temperature=0, max_tokens=8,
+                 extra_body={"speculative": {"k": 2, "drafter": "model"}})
+    t = eager.model_extra["timings"]
+    assert 0 < t["draft_prompt_n"] <= eager.usage.prompt_tokens
+
+
 def test_alternating_conversations_are_restored_not_prefilled(client):
     """Two conversations in turn (an editor with two files open): when the first comes back,
     its prompt is restored from a saved state, and the reply is the same as the first time."""
