@@ -10,11 +10,13 @@ threads, 0.32 tok/s (benchmarks/README.md, "A busy machine"). A short spin every
 idle speed: paired against llama-server on the same requests, specli serve's K = 0 ran
 0.95x it with a 1000-spin, 1.03x with libgomp's default.
 
-So the spin stays libgomp's, and the thread count follows the load instead: every couple
-of seconds of decoding, `ThreadGovernor.tick` reads how much CPU time *other* processes
-took on the CPUs we may run on (/proc/stat minus our own rusage), and gives up threads
-they are using (`llama_set_n_threads`), taking them back once they are free. One thread
-beside two busy loops decodes at 4.4 tok/s where two spinning threads managed 0.32.
+So the spin stays libgomp's, and the thread count follows the load instead: every half
+second of decoding, `ThreadGovernor.tick` reads how much CPU time *other* processes took
+on the CPUs we may run on (/proc/stat minus our own rusage), and gives up threads they
+are using (`llama_set_n_threads`), taking them back once they are free. With one busy
+loop beside it, `specli run --k 0` ran 5.0-6.4 tok/s (a 1000-spin with 2 threads:
+4.9-5.5); with two, 3.2-3.8 (the 1000-spin: 4.0-5.6), where two threads on libgomp's
+spin alone collapse to 0.32.
 
 Only for thread counts specli chose itself (`--threads` not given), on the CPU, on Linux.
 `decide` is the pure rule; `CpuSampler` the only part that reads /proc.
