@@ -120,3 +120,18 @@ def test_fewer_threads_decode_the_same_logits(tiny_target):
         m.set_threads(1)
         assert m.threads_now == 1 and m.n_threads == 2
         np.testing.assert_array_equal(np.array(m.decode(prompt[3:], 1)[0]), want)
+
+
+def test_run_says_when_the_governor_lowered_the_threads():
+    from specli.cli.run import thread_note
+
+    sampler, target = FakeSampler(), FakeModel()
+    assert thread_note(target) is None  # no governor (e.g. --threads given)
+    target.governor = ThreadGovernor([target], sampler=sampler, clock=lambda: sampler.t)
+    sampler.advance(WINDOW_S, 2.0, 0.0)
+    target.governor.tick()
+    assert thread_note(target) is None  # idle: nothing changed, nothing said
+    sampler.advance(WINDOW_S, 1.0, 1.0)
+    target.governor.tick()
+    note = thread_note(target)
+    assert note.startswith("threads 2 → 1") and "1.0 CPUs" in note
