@@ -286,6 +286,7 @@ class ChatSession:
         self.gen, self.out, self.err = gen, out, err
         self.core = Conversation(gen)  # template, tokens, KV reuse, trimming, K policies
         self.target = gen.loaded.target
+        self._thread_changes_seen = 0  # of the thread governor's changes, already reported
         self.chat = transcript or Transcript()
         if system is not None:
             self.chat.system = system
@@ -449,7 +450,21 @@ class ChatSession:
             self.err.print(f"[dim](stopped at --max-tokens {self.spec.max_tokens})[/]")
         if self.interactive:
             self.err.print(turn_line(turn), style="dim", highlight=False)
+        self._thread_note()
         self.autosave()
+
+    def _thread_note(self) -> None:
+        """Say so when the governor changed the threads during this turn (specli/threads.py)."""
+        from specli.threads import thread_note
+
+        gov = getattr(self.target, "governor", None)
+        if gov is None:
+            return
+        note = thread_note(self.target, since=self._thread_changes_seen)
+        self._thread_changes_seen = len(gov.changes)
+        if note:
+            self.err.print(note.replace("during this run", "during this reply"), style="yellow",
+                           highlight=False)
 
     # --- transcript -------------------------------------------------------------------
     def autosave(self) -> None:

@@ -138,3 +138,15 @@ def governor_for(models, threads_given: bool) -> ThreadGovernor | None:
     for m in models:
         m.governor = gov
     return gov
+
+
+def thread_note(model, since: int = 0) -> str | None:
+    """One line for the user when the governor changed `model`'s threads (its changes from
+    index `since` on: a chat reports each turn's), else None."""
+    gov = getattr(model, "governor", None)
+    changes = gov.changes[since:] if gov is not None else []
+    if not changes:
+        return None
+    busiest = max(c[2] for c in changes)
+    return (f"threads {changes[0][0]} → {changes[-1][1]} during this run: other processes "
+            f"used up to {busiest:.1f} CPUs (--threads N keeps N)")

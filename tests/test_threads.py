@@ -123,7 +123,7 @@ def test_fewer_threads_decode_the_same_logits(tiny_target):
 
 
 def test_run_says_when_the_governor_lowered_the_threads():
-    from specli.cli.run import thread_note
+    from specli.threads import thread_note
 
     sampler, target = FakeSampler(), FakeModel()
     assert thread_note(target) is None  # no governor (e.g. --threads given)
@@ -135,3 +135,4 @@ def test_run_says_when_the_governor_lowered_the_threads():
     target.governor.tick()
     note = thread_note(target)
     assert note.startswith("threads 2 → 1") and "1.0 CPUs" in note
+    assert thread_note(target, since=1) is None  # a chat turn after it: nothing new

@@ -131,20 +131,12 @@ def _stream(events, out, err, gen, show, rounds=None):
     if done.message and done.stop_reason != "eog":
         err.print(f"[yellow]{done.message}[/]")
     err.print(stats_table(done.stats, done.stop_reason, title=gen.title()))
+    from specli.threads import thread_note
+
     note = thread_note(gen.loaded.target)
     if note:
         err.print(f"[yellow]{note}[/]")
     return done
-
-
-def thread_note(target) -> str | None:
-    """One line when the thread governor lowered the target's threads (specli/threads.py)."""
-    gov = getattr(target, "governor", None)
-    if gov is None or not gov.changes:
-        return None
-    busiest = max(c[2] for c in gov.changes)
-    return (f"threads {gov.changes[0][0]} → {gov.changes[-1][1]} during this run: other processes "
-            f"used up to {busiest:.1f} CPUs (--threads N keeps N)")
 
 
 def _json_result(gen, done, rounds) -> dict:
