@@ -46,8 +46,9 @@ class PromptStates:
 
     def prepare(self, model, prompt: Sequence[int]) -> int:
         """Before a reply to `prompt`: save the live state if the prompt would discard a long
-        cached part of it that `keep` did not save already, and restore a saved state that shares more of the prompt than the
-        live one does. Returns the tokens restored from a saved state (0: none)."""
+        cached part of it that `keep` did not save already, and restore a saved state that
+        shares more of the prompt than the live one does. Returns the tokens restored from a
+        saved state (0: none)."""
         usable = len(prompt) - 1  # the last prompt token is always decoded with round 1
         live = min(common_prefix(model.tokens, prompt), usable)
         best_tokens, best = None, live
