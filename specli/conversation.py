@@ -244,7 +244,10 @@ class Conversation:
             self._policies[key] = self.gen.policy(spec, drafter)  # --k auto: remembered costs
             while len(self._policies) > MAX_POLICIES:  # a server sees any number of settings
                 self._policies.pop(next(iter(self._policies)))
-        return drafter, self._policies[key]
+        policy = self._policies[key]
+        if hasattr(policy, "new_reply"):  # --k auto: costs carry over, n-gram acceptance not
+            policy.new_reply()
+        return drafter, policy
 
 
 def _in_context(messages: Sequence[dict], start: int) -> list[dict]:

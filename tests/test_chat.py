@@ -558,3 +558,17 @@ def test_real_pair_ctrl_c_mid_reply_in_a_pseudo_terminal(real_pair, tmp_path):
     data = json.loads(save.read_text())
     assert data["messages"][1]["interrupted"] is True and data["messages"][1]["content"]
     assert "error" not in child.before
+
+
+def test_each_reply_starts_from_the_match_priors(loaded, paths, monkeypatch):
+    """The conversation core keeps one --k auto policy per setting across replies; each
+    reply resets its n-gram match acceptance (costs carry over), see NgramPolicy.new_reply."""
+    from specli.costs import AutoK
+
+    monkeypatch.setenv("SPECLI_COST_CACHE", "off")
+    calls = []
+    monkeypatch.setattr(AutoK, "new_reply", lambda self: calls.append(self))
+    s = make_session(loaded, paths, k="auto", drafter="auto")
+    s.core.drafter_policy(s.gen.spec, s.gen.sampling)
+    s.core.drafter_policy(s.gen.spec, s.gen.sampling)
+    assert len(calls) == 2 and calls[0] is calls[1]  # the same policy, reset before each reply

@@ -509,3 +509,18 @@ def test_probe_length_follows_the_stepped_curve():
     probes = [k for k in ks[30:] if k > 0]
     assert probes and set(probes) == {3}
     assert KPolicy(8, probe_k=2).probe_size() == 2  # a fixed probe length still wins
+
+
+def test_a_new_reply_starts_from_the_match_priors_and_keeps_the_costs():
+    """What n-gram matches did in one reply (edits: long copies hold) is not carried into
+    the next (a code request's paraphrase of its prompt); the measured t_v is."""
+    auto = AutoK(8)
+    for n in range(1, 33):
+        auto.verify.observe(n, stepped_curve(n))
+    for _ in range(60):
+        auto.ngram.observe_round(7, 15, 15, stepped_curve(16))
+    assert auto.ngram.acceptance(7) > 0.95
+    costs = auto.verify.measured()
+    auto.new_reply()
+    assert auto.ngram.acceptance(7) == pytest.approx(match_prior(8))  # bucket (6, 8]: prior
+    assert auto.verify.measured() == costs
