@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 WINDOW_S = 0.5  # decide over at least this much wall time (/proc/stat counts 1/100 s)
 STALE_S = 10.0  # a window this long spanned an idle spell (a server between requests): restart it
 SLACK = 0.3  # keep a thread unless others take more than 70% of its share
+BUSY_CPUS = 0.25  # others using this much: timings measured now are not worth remembering
 
 
 def decide(configured: int, others_cpus: float, n_cpus: int) -> int:
@@ -90,6 +91,7 @@ class ThreadGovernor:
         self.sampler = sampler if sampler is not None else CpuSampler()
         self.clock = clock
         self.others_cpus = 0.0  # what the last window measured
+        self.busy = False  # some window since take_busy() saw others at >= BUSY_CPUS
         self.changes: list[tuple[int, int, float]] = []  # (from, to, others' CPUs)
         self._start = self.sampler.read() if self.sampler.available else None
         self._next = clock() + WINDOW_S
@@ -111,7 +113,13 @@ class ThreadGovernor:
         if wall <= 0 or wall > STALE_S:
             return
         self.others_cpus = max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / wall)
+        self.busy = self.busy or self.others_cpus >= BUSY_CPUS
         self.apply(self.others_cpus)
+
+    def take_busy(self) -> bool:
+        """Whether other processes were busy since the last call (and forget it)."""
+        busy, self.busy = self.busy, False
+        return busy
 
     def apply(self, others_cpus: float) -> None:
         n_cpus = self.sampler.n_cpus

@@ -136,3 +136,42 @@ def test_run_says_when_the_governor_lowered_the_threads():
     note = thread_note(target)
     assert note.startswith("threads 2 → 1") and "1.0 CPUs" in note
     assert thread_note(target, since=1) is None  # a chat turn after it: nothing new
+
+
+def test_busy_windows_are_reported_once():
+    sampler, target = FakeSampler(), FakeModel()
+    gov = ThreadGovernor([target], sampler=sampler, clock=lambda: sampler.t)
+    sampler.advance(WINDOW_S, 2.0, 0.05)
+    gov.tick()
+    assert gov.take_busy() is False  # a little noise is not busy
+    sampler.advance(WINDOW_S, 1.7, 0.3)
+    gov.tick()
+    sampler.advance(WINDOW_S, 2.0, 0.0)
+    gov.tick()
+    assert gov.take_busy() is True  # one busy window since the last call
+    assert gov.take_busy() is False
+
+
+def test_costs_measured_beside_other_work_are_not_remembered(monkeypatch):
+    """Generation.remember (what --k auto keeps for the next run) skips a busy generation."""
+    import specli.costcache
+    from specli.cli.common import Generation
+
+    kept = []
+    monkeypatch.setattr(specli.costcache, "remember", lambda *a: kept.append(a))
+    sampler, target = FakeSampler(), FakeModel()
+    target.governor = ThreadGovernor([target], sampler=sampler, clock=lambda: sampler.t)
+
+    class Gen:  # what Generation.remember reads
+        loaded = type("L", (), {"target": target, "draft": None})()
+        costs = object()
+
+    policy = type("P", (), {"measured": lambda self: ({}, None)})()
+    sampler.advance(WINDOW_S, 1.0, 1.0)
+    target.governor.tick()
+    Generation.remember(Gen(), policy)
+    assert kept == []  # busy: not kept
+    sampler.advance(WINDOW_S, 2.0, 0.0)
+    target.governor.tick()
+    Generation.remember(Gen(), policy)
+    assert len(kept) == 1  # idle again: kept

@@ -92,6 +92,11 @@ class Generation:
         """Keep what a generation measured for the next one (no-op for a fixed K)."""
         from specli.costcache import remember
 
+        gov = getattr(self.loaded.target, "governor", None)
+        if gov is not None and gov.take_busy():
+            # Measured beside other work, maybe on fewer threads than the cache key says:
+            # such t_v, t_d and t_catchup would seed the next idle run's --k auto wrongly.
+            return
         if hasattr(policy, "measured"):  # a fixed K measures nothing to keep: leave the file
             remember(policy, self.costs, self.loaded.target, self.loaded.draft)
 
