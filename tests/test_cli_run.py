@@ -43,6 +43,8 @@ def test_run_json_schema_and_stdout_only_json(tiny_args):
     assert sum(len(r["tokens"]) for r in data["rounds"]) == 20
     assert all({"draft", "accept_probs", "accepted", "token", "t_draft", "t_verify"} <= set(r)
                for r in data["rounds"])
+    assert data["threads"]["chosen"] == data["threads"]["end"] == 1  # tiny_args: --threads 1
+    assert data["threads"]["follows_load"] is False and data["threads"]["changes"] == []
 
 
 def test_run_greedy_text_equals_k0_through_the_cli(tiny_args):
