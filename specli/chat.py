@@ -460,11 +460,10 @@ class ChatSession:
         gov = getattr(self.target, "governor", None)
         if gov is None:
             return
-        note = thread_note(self.target, since=self._thread_changes_seen)
+        note = thread_note(self.target, since=self._thread_changes_seen, during="this reply")
         self._thread_changes_seen = len(gov.changes)
         if note:
-            self.err.print(note.replace("during this run", "during this reply"), style="yellow",
-                           highlight=False)
+            self.err.print(note, style="yellow", highlight=False)
 
     # --- transcript -------------------------------------------------------------------
     def autosave(self) -> None:

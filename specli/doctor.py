@@ -74,8 +74,7 @@ def threads() -> dict:
     env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
            if k in os.environ}
     return {"default": physical_cores(), "env": env,
-            "follow_load": "default threads drop while other processes use the CPUs "
-                           "(not with --threads)"}
+            "follows_load": True}  # default threads only; --threads N keeps N (threads.py)
 
 
 def default_pair() -> dict:

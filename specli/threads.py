@@ -86,20 +86,13 @@ class ThreadGovernor:
     once per WINDOW_S."""
 
     def __init__(self, models, sampler=None, clock: Callable[[], float] = time.monotonic) -> None:
-        self.models = [m for m in models if m is not None]
-        self.configured = {id(m): m.n_threads for m in self.models}
+        self.models = [m for m in models if m is not None]  # each keeps its n_threads as chosen
         self.sampler = sampler if sampler is not None else CpuSampler()
         self.clock = clock
-        self.others_cpus = 0.0  # what the last window measured
         self.busy = False  # some window since take_busy() saw others at >= BUSY_CPUS
         self.changes: list[tuple[int, int, float]] = []  # (from, to, others' CPUs)
         self._start = self.sampler.read() if self.sampler.available else None
         self._next = clock() + WINDOW_S
-
-    @property
-    def threads(self) -> int:
-        """The target's (first model's) threads now."""
-        return self.models[0].threads_now if self.models else 0
 
     def tick(self) -> None:
         now = self.clock()
@@ -112,9 +105,9 @@ class ThreadGovernor:
         wall = end[2] - start[2]
         if wall <= 0 or wall > STALE_S:
             return
-        self.others_cpus = max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / wall)
-        self.busy = self.busy or self.others_cpus >= BUSY_CPUS
-        self.apply(self.others_cpus)
+        others_cpus = max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / wall)
+        self.busy = self.busy or others_cpus >= BUSY_CPUS
+        self.apply(others_cpus)
 
     def take_busy(self) -> bool:
         """Whether other processes were busy since the last call (and forget it)."""
@@ -124,7 +117,7 @@ class ThreadGovernor:
     def apply(self, others_cpus: float) -> None:
         n_cpus = self.sampler.n_cpus
         for m in self.models:
-            want = decide(self.configured[id(m)], others_cpus, n_cpus)
+            want = decide(m.n_threads, others_cpus, n_cpus)
             if want != m.threads_now:
                 if m is self.models[0]:
                     self.changes.append((m.threads_now, want, others_cpus))
@@ -140,21 +133,22 @@ def governor_for(models, threads_given: bool) -> ThreadGovernor | None:
         return None
     if all(m.n_threads <= 1 for m in models):
         return None
-    gov = ThreadGovernor(models)
-    if gov._start is None:  # no /proc/stat (not Linux): nothing to follow
+    sampler = CpuSampler()
+    if not sampler.available:  # no /proc/stat (not Linux): nothing to follow
         return None
+    gov = ThreadGovernor(models, sampler)
     for m in models:
         m.governor = gov
     return gov
 
 
-def thread_note(model, since: int = 0) -> str | None:
+def thread_note(model, since: int = 0, during: str = "this run") -> str | None:
     """One line for the user when the governor changed `model`'s threads (its changes from
-    index `since` on: a chat reports each turn's), else None."""
+    index `since` on: a chat reports each reply's), else None."""
     gov = getattr(model, "governor", None)
     changes = gov.changes[since:] if gov is not None else []
     if not changes:
         return None
     busiest = max(c[2] for c in changes)
-    return (f"threads {changes[0][0]} → {changes[-1][1]} during this run: other processes "
+    return (f"threads {changes[0][0]} → {changes[-1][1]} during {during}: other processes "
             f"used up to {busiest:.1f} CPUs (--threads N keeps N)")

@@ -154,7 +154,7 @@ def _json_result(gen, done, rounds) -> dict:
 def _threads_record(target) -> dict:
     """Threads the target chose and ended with, and the governor's changes (specli/threads.py)."""
     gov = getattr(target, "governor", None)
-    return {"chosen": target.n_threads, "end": getattr(target, "threads_now", target.n_threads),
+    return {"chosen": target.n_threads, "end": target.threads_now,
             "follows_load": gov is not None,
             "changes": [{"from": a, "to": b, "other_cpus": round(c, 2)}
                         for a, b, c in (gov.changes if gov is not None else [])]}
