@@ -11,7 +11,12 @@ in advance: it is accepted exactly as far as it agrees with that output. This sc
                  drafts only after a match of >= 3 tokens, the target alone otherwise);
        - fixed:  the best single K in 1..31 for the whole prompt set;
        - oracle: each round drafts exactly as many tokens as will be accepted (or none
-                 when that does not pay): the ceiling of this lookup on this machine.
+                 when that does not pay): the ceiling of this lookup on this machine;
+  4. replays llama.cpp's own prompt lookup, llama-server's `--spec-type ngram-simple` with
+     its defaults (common_ngram_simple_draft: when the last 12 tokens occurred before, the
+     most recent such place, draft the up to 48 tokens that followed it), priced the same
+     way, and prints each policy's ratio to it: what the serve benchmark's "÷ llama
+     ngram" column can be at most, given this lookup (the oracle's ratio).
 
 The replay has no noise and no Python overhead, so it is an upper bound for each policy,
 and it lets a policy change be judged on many prompts in seconds. Measured tok/s come
@@ -32,6 +37,7 @@ import sys
 from pathlib import Path
 
 NGRAM_K_MAX = 31
+LLAMA_SIZE_N, LLAMA_SIZE_M = 12, 48  # llama-server's ngram-simple defaults (common.h)
 
 
 def replay(prompt, out, t_v, choose, observe=None, min_match=3):
@@ -59,6 +65,49 @@ def replay(prompt, out, t_v, choose, observe=None, min_match=3):
         if observe is not None:
             observe(k, n, t_v[k])
     return seconds, rounds
+
+
+def llama_ngram_simple(prompt, out, t_v, size_n=LLAMA_SIZE_N, size_m=LLAMA_SIZE_M):
+    """Seconds and rounds for llama-server's ngram-simple to produce `out` after `prompt`.
+
+    As common_ngram_simple_draft does it: the pattern is the last size_n tokens (the last
+    one just sampled); search backwards for its most recent earlier occurrence; draft the
+    tokens after it, at most size_m and at most what the sequence holds, and only if that
+    is at least size_n; no draft while the sequence is shorter than size_n + size_m + 1.
+    The server caps a draft to the tokens still to generate minus one.
+    """
+    tokens = list(prompt)
+    pos, seconds, rounds = 0, 0.0, 0
+    while pos < len(out):
+        cur, draft = len(tokens), []
+        if cur > size_n + size_m + 1:
+            pattern = tokens[cur - size_n :]
+            at = next((j for j in range(cur - size_n - 1, 0, -1)
+                       if tokens[j : j + size_n] == pattern), 0)
+            copy_max = min(size_m, cur - (at + size_n)) if at else 0
+            if copy_max >= size_n:
+                draft = tokens[at + size_n : at + size_n + copy_max]
+        draft = draft[: max(0, len(out) - pos - 1)]
+        n = 0
+        while n < len(draft) and draft[n] == out[pos + n]:
+            n += 1
+        tokens.extend(out[pos : pos + n + 1])
+        pos += n + 1
+        seconds += t_v[len(draft)]
+        rounds += 1
+    return seconds, rounds
+
+
+def extended(t_v, n_max):
+    """t_v(1..n_max): measured sizes as they are, larger ones extrapolated linearly from
+    the slope between the medians of sizes 9-16 and 25-32 (caches made before t_v went to
+    49 stop at 32)."""
+    t = list(t_v)
+    if len(t) < n_max:
+        slope = (statistics.median(t[24:32]) - statistics.median(t[8:16])) / 16
+        while len(t) < n_max:
+            t.append(t[-1] + slope)
+    return t
 
 
 def auto_policy(t_v):
@@ -142,7 +191,7 @@ def main(argv=None) -> int:
             if t_v is None:
                 context = cached[items[0].id]["prompt"]
                 loaded.target.truncate(0)
-                calib = calibrate(loaded.target, None, context, NGRAM_K_MAX + 1,
+                calib = calibrate(loaded.target, None, context, LLAMA_SIZE_M + 1,
                                   SamplingConfig(temperature=0.0), loaded.n_vocab, reps=3)
                 t_v = list(calib.t_verify)
                 cached["__t_v__"] = {"id": "__t_v__", "t_v": t_v}
@@ -156,6 +205,8 @@ def main(argv=None) -> int:
         r["out"] = r["out"][: args.max_tokens]
     figures = []
     fixed_totals = {k: [] for k in range(1, NGRAM_K_MAX + 1)}
+    t_llama = extended(t_v, LLAMA_SIZE_M + 1)
+    t_v = t_v[: NGRAM_K_MAX + 1]
     for r in rows:
         base = len(r["out"]) * t_v[0]
         choose, observe = auto_policy(t_v)
@@ -164,19 +215,28 @@ def main(argv=None) -> int:
         for k in fixed_totals:
             s, _ = replay(r["prompt"], r["out"], t_v, lambda m, a, k=k: k if m else 0)
             fixed_totals[k].append(base / s)
+        s_llama, n_llama = llama_ngram_simple(r["prompt"], r["out"], t_llama)
         figures.append({"id": r["id"], "tokens": len(r["out"]), "auto": base / s_auto,
-                        "auto_rounds": n_auto, "oracle": base / s_oracle, "oracle_rounds": n_oracle})
+                        "auto_rounds": n_auto, "oracle": base / s_oracle, "oracle_rounds": n_oracle,
+                        "llama": base / s_llama, "llama_rounds": n_llama,
+                        "auto_vs_llama": s_llama / s_auto, "oracle_vs_llama": s_llama / s_oracle})
     best_k = max(fixed_totals, key=lambda k: statistics.median(fixed_totals[k]))
     for f, s in zip(figures, fixed_totals[best_k]):
         f["fixed"] = s
-    print(f"t_v(n) ms: " + " ".join(f"{n}:{1000 * t:.0f}" for n, t in enumerate(t_v, start=1)))
-    print(f"{'prompt':<16}{'tokens':>7}{'auto':>8}{f'K={best_k}':>8}{'oracle':>8}")
+    print(f"t_v(n) ms: " + " ".join(f"{n}:{1000 * t:.0f}" for n, t in enumerate(t_llama, start=1)
+                                     if n <= len(cached["__t_v__"]["t_v"])))
+    keys = ("auto", "fixed", "oracle", "llama", "auto_vs_llama", "oracle_vs_llama")
+    print(f"{'prompt':<16}{'tokens':>7}{'auto':>8}{f'K={best_k}':>8}{'oracle':>8}{'llama':>8}"
+          f" | {'auto÷llama':>10}{'oracle÷llama':>13}")
     for f in figures:
-        print(f"{f['id']:<16}{f['tokens']:>7}{f['auto']:>7.2f}×{f['fixed']:>7.2f}×{f['oracle']:>7.2f}×")
-    med = {key: statistics.median(f[key] for f in figures) for key in ("auto", "fixed", "oracle")}
-    print(f"{'median':<16}{'':>7}{med['auto']:>7.2f}×{med['fixed']:>7.2f}×{med['oracle']:>7.2f}×")
+        print(f"{f['id']:<16}{f['tokens']:>7}" + "".join(f"{f[k]:>7.2f}×" for k in keys[:4])
+              + f" | {f['auto_vs_llama']:>9.2f}×{f['oracle_vs_llama']:>12.2f}×")
+    med = {key: statistics.median(f[key] for f in figures) for key in keys}
+    print(f"{'median':<16}{'':>7}" + "".join(f"{med[k]:>7.2f}×" for k in keys[:4])
+          + f" | {med['auto_vs_llama']:>9.2f}×{med['oracle_vs_llama']:>12.2f}×")
     print("(replayed speedups over the target alone, greedy, no noise: upper bounds; "
-          "oracle = the most this lookup can give here)")
+          "oracle = the most this lookup can give here; llama = llama-server's ngram-simple;"
+          " ÷llama columns are medians of per-prompt ratios)")
     if args.json:
         args.json.write_text(json.dumps({"t_v": t_v, "best_fixed_k": best_k, "median": med,
                                          "prompts": figures}, indent=1))

@@ -280,3 +280,39 @@ def test_auto_policy_replay_never_drafts_without_a_match(headroom):
     out = list(range(500, 530))
     seconds, rounds = headroom.replay([1, 2, 3], out, T_V, choose, observe)
     assert rounds == len(out)
+
+
+def test_llama_ngram_simple_replay_waits_for_twelve_tokens_then_drafts_up_to_48(headroom):
+    passage = list(range(100, 170))
+    prompt = [3] + passage + [5, 6]  # llama's search never looks at position 0
+    out = passage[:40]
+    t_v = headroom.extended(T_V, 49)
+    seconds, rounds = headroom.llama_ngram_simple(prompt, out, t_v)
+    # The pattern is the last 12 tokens: it first recurs once the answer has produced 12
+    # passage tokens one by one. Then one round drafts what followed (up to 48 tokens,
+    # capped to the 27 the answer still needs after the target's own next token).
+    assert rounds == 13
+    assert seconds == pytest.approx(12 * t_v[0] + t_v[27])
+
+
+def test_llama_ngram_simple_replay_needs_a_long_sequence_and_pays_for_rejections(headroom):
+    t_v = headroom.extended(T_V, 49)
+    short = list(range(100, 130))  # 30 + 30 tokens: shorter than 12 + 48 + 1, never drafts
+    seconds, rounds = headroom.llama_ngram_simple(short, short, t_v)
+    assert rounds == len(short) and seconds == pytest.approx(len(short) * t_v[0])
+    passage = list(range(100, 170))
+    prompt = [3] + passage + [5] + passage[:12]
+    out = passage[12:20] + list(range(900, 930))  # the copy breaks after 8 tokens
+    seconds, rounds = headroom.llama_ngram_simple(prompt, out, t_v)
+    # Round 1 drafts 37 (all the answer has left after one of its own), keeps 8 and pays
+    # for the whole batch; the new text after it matches nothing.
+    assert seconds == pytest.approx(t_v[37] + (len(out) - 9) * t_v[0])
+    assert rounds == 1 + len(out) - 9
+
+
+def test_extended_keeps_measured_sizes_and_extrapolates_the_rest(headroom):
+    t = headroom.extended(T_V, 49)
+    assert t[:32] == T_V and len(t) == 49
+    steps = [b - a for a, b in zip(t[31:], t[32:])]
+    assert all(s == pytest.approx(0.040 * 0.7) for s in steps)  # T_V's own slope
+    assert headroom.extended(t, 49) == t
