@@ -23,7 +23,12 @@ from specli.backend import common_prefix
 from specli.errors import ModelError
 
 MIN_GAIN = 16  # tokens: a shorter gain is not worth a state copy
-MAX_ENTRIES = 8
+# The bound that matters is the bytes (as llama-server bounds its --cache-ram by size
+# only). Each reply saves its own state, so a prompt answered at several temperatures or
+# seeds holds several: with 8 entries, the serve benchmark's 4 prompts x 3 replies each
+# evicted the first prompt's states, and its next request prefilled 249 tokens again
+# (3.1 s) where llama-server restored it.
+MAX_ENTRIES = 64
 MAX_BYTES = 512 * 2**20
 
 

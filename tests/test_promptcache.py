@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from specli.backend import LlamaModel
 from specli.promptcache import PromptStates, common_prefix
@@ -113,3 +115,33 @@ def test_kept_after_a_reply_is_not_saved_again_before_the_next(target):
     assert states.prepare(target, a) == len(a) - 1  # A restored from what keep saved
     target.reuse_prefix(a)
     np.testing.assert_array_equal(np.array(target.decode(a[-1:], 1)[0]), want_a)
+
+
+@given(st.lists(st.integers(0, 3), max_size=300), st.integers(0, 300),
+       st.lists(st.integers(0, 3), max_size=80))
+def test_common_prefix_is_the_length_of_the_shared_start(a, cut, tail):
+    b = a[:cut] + tail
+    want = 0
+    while want < min(len(a), len(b)) and a[want] == b[want]:
+        want += 1
+    for x, y in ((a, b), (tuple(a), b), (b, tuple(a)), (tuple(a), tuple(b))):
+        assert common_prefix(x, y) == want
+
+
+def test_a_prompt_answered_several_times_does_not_evict_other_prompts(target):
+    """Four prompts, each answered three times differently (other temperatures or seeds):
+    with the default bounds every prompt is still restored when it comes back."""
+    base = target.tokenize(TEXT_A, add_special=False)
+    prompts = [[base[i]] * 2 + base for i in range(4)]
+    assert len({p[0] for p in prompts}) == 4
+    states = PromptStates()
+    target.reset()
+    for p in prompts:
+        for reply in range(3):
+            states.prepare(target, p)
+            next_logits(target, p)
+            target.decode([base[reply + 5], base[reply + 9]], 0)  # this reply's own tokens
+            states.keep(target)
+    assert len(states) == 12
+    for p in prompts:
+        assert states.prepare(target, p) == len(p) - 1
