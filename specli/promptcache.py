@@ -25,9 +25,9 @@ from specli.errors import ModelError
 MIN_GAIN = 16  # tokens: a shorter gain is not worth a state copy
 # The bound that matters is the bytes (as llama-server bounds its --cache-ram by size
 # only). Each reply saves its own state, so a prompt answered at several temperatures or
-# seeds holds several: with 8 entries, the serve benchmark's 4 prompts x 3 replies each
-# evicted the first prompt's states, and its next request prefilled 249 tokens again
-# (3.1 s) where llama-server restored it.
+# seeds holds several: with 8 entries, the serve benchmark's rotation (4 prompts, each
+# answered at T 0 and 0.8) evicted states still wanted, and its second repeat prefilled
+# 225 of an edit prompt's 249 tokens again (2.7 s) where llama-server restored them.
 MAX_ENTRIES = 64
 MAX_BYTES = 512 * 2**20
 
