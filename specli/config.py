@@ -8,6 +8,7 @@ from typing import Literal, Union
 from specli.errors import UsageError
 
 K_MAX = 64
+PROMPT_CACHE_MB = 512  # saved prompt states per model (specli.promptcache; serve --cache-mb)
 KSpec = Union[int, Literal["auto"]]
 DrafterName = Literal["model", "ngram", "auto"]
 

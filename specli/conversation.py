@@ -167,10 +167,13 @@ class Conversation:
     setting, the --k auto policy with what it measured. The KV caches live in the models.
     """
 
-    def __init__(self, gen) -> None:
+    def __init__(self, gen, state_bytes: int | None = None) -> None:
+        """state_bytes: memory for saved prompt states per model (None: promptcache's
+        default; 0: none kept)."""
         from specli.prompt import ChatTemplate
 
         self.gen = gen
+        self.state_bytes = state_bytes
         self.target = gen.loaded.target
         self.template = ChatTemplate.of(self.target)
         self._policies: dict = {}  # --k auto keeps what it measured across replies
@@ -181,7 +184,11 @@ class Conversation:
         """The saved KV states of recent prompts for `model` (target or draft)."""
         from specli.promptcache import PromptStates
 
-        return self._states.setdefault(id(model), PromptStates())
+        states = self._states.get(id(model))
+        if states is None:
+            states = self._states[id(model)] = (
+                PromptStates() if self.state_bytes is None else PromptStates(max_bytes=self.state_bytes))
+        return states
 
     def tokens(self, messages: Sequence[dict]) -> list[int]:
         """The prompt of `messages` (dicts with role, content, and maybe the reply's tokens)."""

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from typing import Sequence
 
 from specli.backend import common_prefix
+from specli.config import PROMPT_CACHE_MB
 from specli.errors import ModelError
 
 MIN_GAIN = 16  # tokens: a shorter gain is not worth a state copy
@@ -29,7 +30,7 @@ MIN_GAIN = 16  # tokens: a shorter gain is not worth a state copy
 # answered at T 0 and 0.8) evicted states still wanted, and its second repeat prefilled
 # 225 of an edit prompt's 249 tokens again (2.7 s) where llama-server restored them.
 MAX_ENTRIES = 64
-MAX_BYTES = 512 * 2**20
+MAX_BYTES = PROMPT_CACHE_MB * 2**20
 
 
 class PromptStates:
@@ -83,7 +84,8 @@ class PromptStates:
         Saving costs about 10 ms per 400 tokens of the 1.5B target here (11 MB), restoring
         17 ms: off the request path when done after the answer, against seconds of prefill.
         """
-        if len(model.tokens) >= self.min_gain and tuple(model.tokens) not in self._states:
+        if (self.max_bytes > 0 and len(model.tokens) >= self.min_gain
+                and tuple(model.tokens) not in self._states):
             self._put(*model.save_state())
 
     def _put(self, tokens: tuple[int, ...], data: bytes) -> None:

@@ -145,3 +145,14 @@ def test_a_prompt_answered_several_times_does_not_evict_other_prompts(target):
     assert len(states) == 12
     for p in prompts:
         assert states.prepare(target, p) == len(p) - 1
+
+
+def test_zero_bytes_keeps_nothing_and_copies_nothing(target):
+    a = target.tokenize(TEXT_A, add_special=False)
+    b = target.tokenize(TEXT_B, add_special=False)
+    states = PromptStates(max_bytes=0)
+    target.reset()
+    next_logits(target, a)
+    states.keep(target)
+    assert states.prepare(target, b) == 0
+    assert (len(states), states.saved) == (0, 0)

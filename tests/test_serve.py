@@ -250,6 +250,30 @@ def test_alternating_conversations_are_restored_not_prefilled(client):
     assert again.choices[0].message.content == first.choices[0].message.content
 
 
+def test_cache_mb_zero_keeps_no_prompt_states(model_args, workdir):
+    """--cache-mb 0: a conversation coming back is decoded again, to the same reply."""
+    s = start(model_args, workdir, "nocache", "--ctx", "1024", "--cache-mb", "0")
+    try:
+        c = s.client()
+        long_a = "Summarize: " + "the fox runs and the dog sleeps in the warm sun. " * 6
+        first = chat(c, long_a, temperature=0, max_tokens=8)
+        chat(c, "Translate: " + "a hen finds wheat and asks her friends for help. " * 6,
+             temperature=0, max_tokens=8)
+        again = chat(c, long_a, temperature=0, max_tokens=8)
+        t = again.model_extra["timings"]
+        assert t["prompt_n"] > again.usage.prompt_tokens // 2  # prefilled, not restored
+        assert again.choices[0].message.content == first.choices[0].message.content
+    finally:
+        assert s.stop() == 0, s.log
+
+
+def test_negative_cache_mb_is_one_line(model_args):
+    r = subprocess.run([sys.executable, "-m", "specli", "serve", *map(str, model_args),
+                        "--port", "0", "--cache-mb", "-1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "specli: error: --cache-mb must be >= 0, got -1"
+
+
 def test_content_as_text_parts(client):
     a = chat(client, PROMPT, temperature=0, max_tokens=10)
     b = chat(client, [{"role": "user", "content": [{"type": "text", "text": PROMPT}]}],

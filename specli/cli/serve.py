@@ -12,6 +12,7 @@ from specli.cli._app import (CtxOpt, DraftNglOpt, DraftOpt, DrafterOpt, DraftThr
                              KOpt, MaxTokOpt, MinPOpt, NglOpt, PairOpt, SeedOpt, StrictOpt,
                              TargetOpt, TempOpt, ThreadsOpt, TopKOpt, TopPOpt, app)
 from specli.cli.common import consoles, open_generation
+from specli.config import PROMPT_CACHE_MB
 
 SERVE_HELP = """Serve the pair over an OpenAI-compatible HTTP API, speculative decoding every reply.
 
@@ -62,6 +63,11 @@ def serve_cmd(
     max_queue: Annotated[int, typer.Option(
         "--max-queue", help="Requests that may wait behind the running one; more get 503 with Retry-After.",
         rich_help_panel="Server")] = 16,
+    cache_mb: Annotated[int, typer.Option(
+        "--cache-mb", help="Memory for saved prompt states, per model, in MiB (0: keep none). "
+        "A client coming back to an earlier conversation restores its prompt instead of "
+        "decoding it again (as llama-server's --cache-ram).",
+        rich_help_panel="Server")] = PROMPT_CACHE_MB,
     allow_open: Annotated[bool, typer.Option(
         "--dangerously-serve-without-key",
         help="Listen on a non-loopback --host without --api-key: anyone who can connect may use the server.",
@@ -79,7 +85,7 @@ def serve_cmd(
             n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers, strict=strict)
 
     serve(open_gen, host=host, port=port, api_key=api_key or None, max_queue=max_queue,
-          allow_open=allow_open, on_listening=lambda url: _banner(url, api_key),
+          allow_open=allow_open, cache_mb=cache_mb, on_listening=lambda url: _banner(url, api_key),
           on_ready=_ready)
 
 

@@ -30,9 +30,11 @@ POLL_S = 0.25  # how often a request waiting for its turn checks that its client
 class ServerState:
     """What the routes read: the scheduler, the defaults, readiness and the API key."""
 
-    def __init__(self, *, api_key: str | None, max_queue: int, log) -> None:
+    def __init__(self, *, api_key: str | None, max_queue: int, log,
+                 state_bytes: int | None = None) -> None:
         self.api_key = api_key
         self.log = log
+        self.state_bytes = state_bytes  # saved prompt states, per model (promptcache)
         self.scheduler = Scheduler(max_queue, log)
         self.ready = threading.Event()
         self.defaults: Defaults | None = None
@@ -42,7 +44,7 @@ class ServerState:
 
     def set_ready(self, gen) -> None:
         """The models are loaded: build the runner and start answering."""
-        self.scheduler.runner = Runner(gen, self.log)
+        self.scheduler.runner = Runner(gen, self.log, self.state_bytes)
         if self.scheduler.runner.core.template.is_fallback:
             self.log("warning: the target has no chat template; using a plain "
                      "'User:/Assistant:' format")

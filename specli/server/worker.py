@@ -139,10 +139,10 @@ def _cancelled() -> ApiError:
 class Runner:
     """Runs jobs through the conversation core; lives on the worker thread only."""
 
-    def __init__(self, gen, log: Callable[[str], None]) -> None:
+    def __init__(self, gen, log: Callable[[str], None], state_bytes: int | None = None) -> None:
         from specli.conversation import Conversation, ReplyMemory
 
-        self.core = Conversation(gen)
+        self.core = Conversation(gen, state_bytes)
         self.memory = ReplyMemory()  # replies' tokens, for clients re-sending the history
         self.log = log
 
