@@ -320,12 +320,22 @@ def keyed(rows, server):
             if r.get("server") == server and r.get("ok")}
 
 
+def ratios(rows, a_name, b_name, suite, temp) -> list[float]:
+    """tok/s(a) / tok/s(b) for each request both sides answered (same prompt, T, repeat)."""
+    a, b = keyed(rows, a_name), keyed(rows, b_name)
+    return [a[k]["tok_s"] / b[k]["tok_s"] for k in a
+            if k in b and k[0] == suite and k[2] == temp and b[k]["tok_s"] > 0]
+
+
 def ratio_median(rows, a_name, b_name, suite, temp):
     """Median over matching requests of tok/s(a) / tok/s(b)."""
-    a, b = keyed(rows, a_name), keyed(rows, b_name)
-    ratios = [a[k]["tok_s"] / b[k]["tok_s"] for k in a
-              if k in b and k[0] == suite and k[2] == temp and b[k]["tok_s"] > 0]
-    return median(ratios)
+    return median(ratios(rows, a_name, b_name, suite, temp))
+
+
+def spread(xs: list[float]) -> dict:
+    """n and the quartiles of per-request ratios: how far one cell's median can be trusted
+    (on 2 cores two identical requests differed by up to 13%)."""
+    return {"n": len(xs), "q1": percentile(xs, 25), "q3": percentile(xs, 75)}
 
 
 def acceptance(rows, server, suite, temp):
@@ -361,6 +371,8 @@ def summarize(rows: list[dict], llama_names: list[str], suites, temps) -> dict:
                        default=(None, None))
             entry["best_llama"] = best[0]
             entry["vs_best_llama"] = best[1]["ratio"] if best[1] else None
+            entry["vs_best_llama_spread"] = spread(
+                ratios(rows, "specli", best[0], suite, temp) if best[0] else [])
             table.append(entry)
     overhead = [r["overhead_ms"] for r in rows if r.get("server") == "specli" and r.get("ok")
                 and r.get("overhead_ms") is not None]
@@ -407,6 +419,10 @@ def print_report(summary: dict, loads: list[dict], llama_names: list[str]) -> No
                      f"{fmt(v['acceptance'], '.0%'):>5}")
         line += f" | {fmt(e['specli_acceptance'], '.0%'):>5} {fmt(e['vs_best_llama']):>7}"
         print(line)
+    print("specli ÷ the best llama config, per request: " + "; ".join(
+        f"{e['suite']} T {e['temperature']}: quartiles {fmt(e['vs_best_llama_spread']['q1'])}"
+        f"–{fmt(e['vs_best_llama_spread']['q3'])} (n={e['vs_best_llama_spread']['n']})"
+        for e in summary["table"]))
     o, lo = summary["specli_http_overhead_ms"], summary["llama_http_overhead_ms"]
     print(f"\nHTTP overhead per request (client wall - server's generation time): specli median "
           f"{fmt(o['median'])} ms, p95 {fmt(o['p95'])} ms (n={o['n']}); llama-server median "

@@ -37,6 +37,8 @@ def test_summary_pairs_requests_and_picks_the_best_llama(sv):
     assert e["llama"]["llama target"]["ratio"] == pytest.approx(2.5)
     assert e["llama"]["llama ngram"]["acceptance"] == pytest.approx(0.25)
     assert e["best_llama"] == "llama ngram" and e["vs_best_llama"] == pytest.approx((2 + 0.5) / 2)
+    sp = e["vs_best_llama_spread"]  # per-request ratios 2.0 and 0.5
+    assert sp["n"] == 2 and sp["q1"] == pytest.approx(0.875) and sp["q3"] == pytest.approx(1.625)
     assert e["specli_acceptance"] == pytest.approx(0.8)
     assert s["specli_http_overhead_ms"]["median"] == 1.0 and s["models_rtt_ms"] == {"specli": 0.5}
     assert s["greedy_text_matches"]["specli K=0"] == {"equal": 2, "of": 2}
