@@ -19,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
-from specli.config import SamplingConfig, SpecConfig
+from specli.config import PROMPT_CACHE_MB, SamplingConfig, SpecConfig
 from specli.errors import ContextFullError
 
 MAX_POLICIES = 32  # K policies kept (one per K and sampling setting), oldest dropped first
@@ -167,9 +167,8 @@ class Conversation:
     setting, the --k auto policy with what it measured. The KV caches live in the models.
     """
 
-    def __init__(self, gen, state_bytes: int | None = None) -> None:
-        """state_bytes: memory for saved prompt states per model (None: promptcache's
-        default; 0: none kept)."""
+    def __init__(self, gen, state_bytes: int = PROMPT_CACHE_MB * 2**20) -> None:
+        """state_bytes: memory for saved prompt states per model (0: none kept)."""
         from specli.prompt import ChatTemplate
 
         self.gen = gen
@@ -186,8 +185,7 @@ class Conversation:
 
         states = self._states.get(id(model))
         if states is None:
-            states = self._states[id(model)] = (
-                PromptStates() if self.state_bytes is None else PromptStates(max_bytes=self.state_bytes))
+            states = self._states[id(model)] = PromptStates(max_bytes=self.state_bytes)
         return states
 
     def tokens(self, messages: Sequence[dict]) -> list[int]:

@@ -70,11 +70,12 @@ def threads() -> dict:
     """Threads per model, and the OpenMP settings llama.cpp's workers run with (the user's;
     specli sets none). Threads specli chose follow the machine's load: specli/threads.py."""
     from specli.backend import physical_cores
+    from specli.threads import CpuSampler
 
     env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
            if k in os.environ}
-    return {"default": physical_cores(), "env": env,
-            "follows_load": True}  # default threads only; --threads N keeps N (threads.py)
+    # Default threads only (--threads N keeps N), and only where /proc/stat can be read.
+    return {"default": physical_cores(), "env": env, "follows_load": CpuSampler().available}
 
 
 def default_pair() -> dict:

@@ -65,7 +65,8 @@ def render_lines(r: dict) -> list[str]:
         ("llama.cpp", _fmt(c, lambda c: c["llama_cpp_system_info"])),
         ("gpu", _fmt(g, lambda g: (f"offload supported · {', '.join(d['name'] + ' ' + d['description'] for d in g['devices'])}"
                                    if g["offload_supported"] else "no GPU offload in this build: models run on the CPU"))),
-        ("threads", _fmt(r.get("threads", {}), lambda t: f"{t['default']} per model by default, fewer while other processes use the CPUs"
+        ("threads", _fmt(r.get("threads", {}), lambda t: f"{t['default']} per model by default"
+                                                       + (", fewer while other processes use the CPUs" if t.get("follows_load") else "")
                                                        + (f" · {t['env']}" if t["env"] else ""))),
         ("default pair", _fmt(r.get("default_pair", {}), _pair)),
         ("buffer types", _fmt(r.get("buffer_types", {}), _bufts)),

@@ -15,6 +15,7 @@ from typing import Callable, ContextManager
 
 import uvicorn
 
+from specli.config import PROMPT_CACHE_MB
 from specli.errors import SpecliError, UsageError
 from specli.server.app import ServerState, build_app
 from specli.server.worker import stderr_log
@@ -116,19 +117,19 @@ class _Loader(threading.Thread):
 
 def serve(open_gen: Callable[[], ContextManager], *, host: str, port: int,
           api_key: str | None, max_queue: int, allow_open: bool = False,
-          cache_mb: int | None = None,
+          cache_mb: int = PROMPT_CACHE_MB,
           on_listening: Callable[[str], None] = lambda url: None,
           on_ready: Callable[[object], None] = lambda gen: None,
           log: Callable[[str], None] = stderr_log) -> None:
     """Serve until SIGINT/SIGTERM. `open_gen()` loads the pair (a context manager)."""
     if max_queue < 0:
         raise UsageError(f"--max-queue must be >= 0, got {max_queue}")
-    if cache_mb is not None and cache_mb < 0:
+    if cache_mb < 0:
         raise UsageError(f"--cache-mb must be >= 0, got {cache_mb}")
     check_exposure(host, api_key, allow_open)
     sock = bind(host, port)
     state = ServerState(api_key=api_key, max_queue=max_queue, log=log,
-                        state_bytes=None if cache_mb is None else cache_mb * 2**20)
+                        state_bytes=cache_mb * 2**20)
     config = uvicorn.Config(build_app(state), log_level="warning", access_log=False,
                             lifespan="off", timeout_graceful_shutdown=GRACE_S)
     server = _Server(config, on_stop=state.scheduler.close)

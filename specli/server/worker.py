@@ -139,7 +139,7 @@ def _cancelled() -> ApiError:
 class Runner:
     """Runs jobs through the conversation core; lives on the worker thread only."""
 
-    def __init__(self, gen, log: Callable[[str], None], state_bytes: int | None = None) -> None:
+    def __init__(self, gen, log: Callable[[str], None], state_bytes: int) -> None:
         from specli.conversation import Conversation, ReplyMemory
 
         self.core = Conversation(gen, state_bytes)
