@@ -41,6 +41,8 @@ def test_save_and_load_state_are_exact(target):
     target.load_state(tokens, data)
     assert target.n_past == len(prompt) - 1
     np.testing.assert_array_equal(np.array(target.decode(prompt[-1:], 1)[0]), fresh)
+    target.load_state(tokens, bytes(data))  # any buffer of the same bytes will do
+    np.testing.assert_array_equal(np.array(target.decode(prompt[-1:], 1)[0]), fresh)
 
 
 def test_alternating_prompts_restore_instead_of_prefilling(target):
@@ -93,9 +95,9 @@ def test_restoring_a_state_that_saving_the_live_one_evicts(target):
     assert len(states) == 1
 
 
-def test_kept_after_a_reply_is_not_saved_again_before_the_next(target):
-    """`keep` (after a reply, off the request path) saves the live state; the next prompt
-    that discards it finds it saved already and copies nothing on its way in."""
+def test_a_kept_state_is_not_saved_again_before_the_next_prompt(target):
+    """`keep` saves the live state once; the next prompt that discards it finds it saved
+    already and copies nothing on its way in."""
     a = target.tokenize(TEXT_A, add_special=False)
     b = target.tokenize(TEXT_B, add_special=False)
     states = PromptStates()
