@@ -151,9 +151,9 @@ class Reply:
         if done is None or done.stop_reason == "interrupted":
             for model in (self.conv.target, self.draft_model):
                 _drop_uncounted_cells(model)
-        for model in (self.conv.target, self.draft_model):  # for a client that comes back
-            if model is not None:
-                self.conv.prompt_states(model).keep(model)
+        # The caches now hold this reply. It is saved only when a later prompt would discard
+        # it (PromptStates.prepare): a conversation that goes on, the common case, never
+        # pays for a copy of itself.
         if done is None:
             return None
         return Turn(self.prompt_tokens, self.prompt_evaluated, self.draft_evaluated,

@@ -205,7 +205,8 @@ def test_profile_timers_charge_exclusive_time(prof):
     assert t.calls["outer"] == 1
 
 
-@pytest.mark.parametrize("script", ["vs_llama_cpp.py", "profile_loop.py", "ngram_headroom.py"])
+@pytest.mark.parametrize("script", ["vs_llama_cpp.py", "profile_loop.py", "ngram_headroom.py",
+                                    "serve_turns.py"])
 def test_help(script):
     out = subprocess.run([sys.executable, str(BENCH_DIR / script), "--help"],
                          capture_output=True, text=True, timeout=60)
@@ -316,3 +317,23 @@ def test_extended_keeps_measured_sizes_and_extrapolates_the_rest(headroom):
     steps = [b - a for a, b in zip(t[31:], t[32:])]
     assert all(s == pytest.approx(0.040 * 0.7) for s in steps)  # T_V's own slope
     assert headroom.extended(t, 49) == t
+
+
+def test_serve_turns_runs_a_growing_conversation_on_tiny_models(tiny_target, tiny_draft, tmp_path):
+    """The turn-latency benchmark end to end: a real server, the openai SDK, its JSON. Each
+    turn extends the last, so every turn after the first evaluates only its new tokens."""
+    out = tmp_path / "turns.json"
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(BENCH_DIR / "serve_turns.py"), "--build", f"here={root}",
+                        "--doc-chars", "600", "--turns", "3", "--conversations", "1",
+                        "--max-tokens", "4", "--ctx", "1024", "--threads", "1", "--json", str(out),
+                        f"--serve-arg=--target={tiny_target}", f"--serve-arg=--draft={tiny_draft}"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    turns = data["turns"]["here"]
+    assert [t["turn"] for t in turns] == [2, 3]
+    for t in turns:
+        assert t["seconds"] > 0 and 0 < t["prompt_n"] < t["prompt_tokens"] // 2
+    assert data["summary"]["here"]["turns"] == 2
+    assert "turn latency" in r.stdout

@@ -118,6 +118,10 @@ def test_turn_two_evaluates_only_the_new_tokens(loaded, paths):
     assert turn.draft_evaluated is not None
     assert turn.draft_evaluated <= turn.prompt_evaluated + 1
     assert s.totals.prompt_evaluated == s.turns[0].prompt_evaluated + turn.prompt_evaluated
+    # A conversation that goes on never copies its KV state: it is saved only when a
+    # prompt would discard it (a client switching conversations).
+    for model in (loaded.target, loaded.draft):
+        assert s.core.prompt_states(model).saved == 0
 
 
 def test_a_reply_that_retokenizes_differently_is_still_reused(loaded, paths):
