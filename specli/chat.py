@@ -550,9 +550,12 @@ class ChatSession:
             self.err.print(f"seed = {self.seed}")
             return
         try:
-            self.seed = int(arg)
+            seed = int(arg)
         except ValueError:
             raise UsageError(f"/seed needs an integer, got {arg!r}") from None
+        if seed < 0:
+            raise UsageError(f"/seed needs an integer >= 0, got {seed}")
+        self.seed = seed
         self.n_replies = 0
         self.err.print(f"seed = {self.seed}")
 

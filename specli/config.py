@@ -58,6 +58,8 @@ class SpecConfig:
             raise UsageError(f"--k must be an integer in 0..{K_MAX} or 'auto', got {self.k!r}")
         if self.max_tokens < 1:
             raise UsageError(f"--max-tokens must be >= 1, got {self.max_tokens}")
+        if self.seed < 0:  # numpy's generators take no negative seed
+            raise UsageError(f"--seed must be >= 0, got {self.seed}")
         if not 1 <= self.k_max <= K_MAX:
             raise UsageError(f"k_max must be in 1..{K_MAX}, got {self.k_max}")
 
@@ -93,3 +95,7 @@ class RuntimeConfig:
         for name, v in (("--threads", self.n_threads), ("--draft-threads", self.draft_n_threads)):
             if v is not None and v < 1:
                 raise UsageError(f"{name} must be >= 1, got {v}")
+        for name, v in (("--n-gpu-layers", self.n_gpu_layers),
+                        ("--draft-n-gpu-layers", self.draft_n_gpu_layers)):
+            if v is not None and v < -1:
+                raise UsageError(f"{name} must be -1 (all) or >= 0, got {v}")

@@ -143,14 +143,15 @@ def test_slash_commands(loaded, paths, tmp_path):
     s = make_session(loaded, paths)
     saved = tmp_path / "now.json"
     s.run(script("/help", "/k 2", "/temp 0.7", "/seed 5", "/show accepted", "/system Be brief.",
-                 "/bogus", "/[/]", "/k 99", "/temp hot", "/show [/fancy]", "Hello", "/stats", "/retry",
+                 "/bogus", "/[/]", "/k 99", "/temp hot", "/seed -3", "/show [/fancy]", "Hello", "/stats", "/retry",
                  f"/save {saved}", "/reset", "/stats", "/exit", "never sent"))
     err = text_of(s.err)
     assert "/retry" in err and "Multi-line input" in err  # /help
     assert s.spec.k == 2 and s.sampling.temperature == 0.7 and s.seed == 5
     assert s.show == "accepted" and s.chat.system == "Be brief."
     assert "unknown command /bogus" in err and "unknown command /[/]" in err  # not markup
-    assert err.count("error:") == 3  # /k 99, /temp hot, /show [/fancy]: told, not fatal
+    assert err.count("error:") == 4  # /k 99, /temp hot, /seed -3, /show [/fancy]: told, not fatal
+    assert "/seed needs an integer >= 0, got -3" in err
     assert "got '[/fancy]'" in err
     assert "this turn:" in err and "prompt tokens evaluated" in err and "context:" in err
     assert len(s.turns) == 2  # Hello, then /retry

@@ -88,6 +88,9 @@ def one_line_error(r, code):
     (["--k", "65"], "--k"), (["--k", "-1"], "--k"), (["--k", "many"], "--k"),
     (["--temperature", "-0.5"], "--temperature"), (["--top-p", "0"], "--top-p"),
     (["--top-p", "1.5"], "--top-p"), (["--show", "weird"], "--show"),
+    (["--seed", "-1"], "--seed must be >= 0"), (["--max-tokens", "0"], "--max-tokens"),
+    (["--ctx", "8"], "--ctx"), (["--threads", "0"], "--threads"),
+    (["--n-gpu-layers", "-5"], "--n-gpu-layers must be -1 (all) or >= 0"),
 ])
 def test_bad_option_values_exit_2(tiny_args, args, needle):
     line = one_line_error(specli("run", *tiny_args, *args, "hello"), 2)

@@ -267,11 +267,16 @@ def test_cache_mb_zero_keeps_no_prompt_states(model_args, workdir):
         assert s.stop() == 0, s.log
 
 
-def test_negative_cache_mb_is_one_line(model_args):
-    r = subprocess.run([sys.executable, "-m", "specli", "serve", *map(str, model_args),
-                        "--port", "0", "--cache-mb", "-1"], capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("args, message", [
+    (["--port", "0", "--cache-mb", "-1"], "--cache-mb must be >= 0, got -1"),
+    (["--port", "99999"], "--port must be in 0..65535, got 99999"),  # not 99999 % 65536
+    (["--port", "-1"], "--port must be in 0..65535, got -1"),
+])
+def test_bad_server_options_are_one_line(model_args, args, message):
+    r = subprocess.run([sys.executable, "-m", "specli", "serve", *map(str, model_args), *args],
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1] == "specli: error: --cache-mb must be >= 0, got -1"
+    assert r.stderr.strip().splitlines()[-1] == f"specli: error: {message}"
 
 
 def test_content_as_text_parts(client):

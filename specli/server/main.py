@@ -126,6 +126,8 @@ def serve(open_gen: Callable[[], ContextManager], *, host: str, port: int,
         raise UsageError(f"--max-queue must be >= 0, got {max_queue}")
     if cache_mb < 0:
         raise UsageError(f"--cache-mb must be >= 0, got {cache_mb}")
+    if not 0 <= port <= 65535:  # the OS would take it modulo 65536: 99999 listens on 34463
+        raise UsageError(f"--port must be in 0..65535, got {port}")
     check_exposure(host, api_key, allow_open)
     sock = bind(host, port)
     state = ServerState(api_key=api_key, max_queue=max_queue, log=log,
