@@ -121,6 +121,8 @@ def test_cli_logits_are_warped_like_the_engine():
     (["--p", "1.5,-0.5", "--q", "0.5,0.5"], "negative"),
     (["--p", ",", "--q", "0.5,0.5"], "empty"),
     (["--p", "0.5,0.5"], "exactly one of --q"),
+    (["--samples", "100", "a prompt"], "--samples applies to one step"),  # not silently ignored
+    (["--normalize", "a prompt"], "--normalize applies to one step"),
 ])
 def test_cli_bad_input_one_line_exit_2(args, msg):
     r = specli("explain", *args)

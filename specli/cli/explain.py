@@ -82,6 +82,9 @@ def explain_cmd(
     one_step = any(v is not None for v in (p, q, logits_p, logits_q))
     if one_step == (prompt is not None):
         raise UsageError("give either --p/--q (or --logits-p/--logits-q) or a PROMPT")
+    if not one_step and (samples or normalize):  # they would be ignored, silently
+        raise UsageError(f"{'--samples' if samples else '--normalize'} applies to one step "
+                         "(--p/--q or --logits-p/--logits-q), not to a PROMPT")
     mode = "logits" if one_step else "prompt"
     warps = [v if v is not None else d
              for v, d in zip((temperature, top_k, top_p, min_p), WARP_DEFAULTS[mode])]
