@@ -546,8 +546,9 @@ class LlamaModel:
         """The cached tokens and their KV state (sequence 0, as uint8), for `load_state` later.
 
         llama.cpp writes straight into an uninitialised numpy buffer: for 4,000 tokens of
-        the 1.5B target (109 MiB) that took 35 ms (48 ms for the whole call, median of 5), where
-        a zeroed ctypes array copied to bytes took 179 ms (the zero fill 72 ms, the copy 79 ms, llama.cpp's own part 19).
+        the 1.5B target (109 MiB) that took 35 ms (48 ms for the whole call, median of 5),
+        where a zeroed ctypes array copied to bytes took 179 ms (the zero fill 72 ms, the
+        copy 79 ms, llama.cpp's own part 19).
         """
         lc = self._lc
         size = lc.llama_state_seq_get_size(self._ctx, 0)
