@@ -12,9 +12,9 @@ itself. Saving after every reply instead cost 275 ms per turn at 4,000 tokens of
 on the real pair (target 196, draft 78) before save_state wrote into numpy buffers, and
 48 ms + 18 ms after (4.6 ms + 0.9 ms at 400 tokens).
 
-llama-server does the same with its host-memory prompt cache (`--cache-ram`): in the
-serve benchmark's load run (4 prompts, each sent twice) it evaluated the second sending
-of each as 1 token where specli serve decoded 186-225 of them again.
+What such a cache is worth: in the serve benchmark's load run (4 prompts, each sent
+twice) llama-server evaluated the second sending of each as 1 token where specli serve,
+before it had one, decoded 186-225 of them again.
 
 Restoring is exact: the bytes are the KV entries llama.cpp computed for those tokens.
 Bounded by entries and bytes (least recently used first out). Pure bookkeeping over
