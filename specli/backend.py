@@ -556,7 +556,7 @@ class LlamaModel:
         n = lc.llama_state_seq_get_data(self._ctx, _u8_ptr(buf), size, 0)
         if n == 0 and self.tokens:
             raise ModelError(f"llama.cpp could not save the KV state of {self.path.name}")
-        return tuple(self.tokens), buf[:n]
+        return tuple(self.tokens), buf if n == size else buf[:n].copy()  # len() = the bytes held
 
     def load_state(self, tokens: Sequence[int], data) -> None:
         """Replace the cache with a state `save_state` returned (same model and context).
