@@ -36,7 +36,7 @@ HELP = """\
 /reset            start a new conversation (keeps the system prompt)
 /retry            regenerate the last reply
 /k N|auto         draft tokens per round (0 = the target alone)
-/temp X           sampling temperature (0 = greedy)
+/temp X           sampling temperature (0 = greedy; also /temperature)
 /seed N           random seed (each reply uses seed + its number)
 /stats            this turn and the session: acceptance, tok/s, prompt tokens evaluated
 /save FILE        write the conversation as JSON
@@ -44,6 +44,7 @@ HELP = """\
 /show MODE        rejected | accepted | plain
 Multi-line input: end a line with \\ to continue it, or paste between two \"\"\" lines.
 Start a message with // to send a line that begins with /."""
+ALIASES = {"temperature": "temp", "t": "temp", "h": "help", "?": "help"}  # also understood
 
 
 class LineCancelled(Exception):
@@ -498,6 +499,7 @@ class ChatSession:
         name, arg = name.strip().lower(), arg.strip()
         if name in ("exit", "quit", "q", "bye"):
             return False
+        name = ALIASES.get(name, name)
         handler = getattr(self, f"_cmd_{name}", None)
         if handler is None:
             self.err.print(f"unknown command /{name}; /help lists them", markup=False)

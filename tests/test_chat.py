@@ -142,11 +142,12 @@ def test_a_reply_that_retokenizes_differently_is_still_reused(loaded, paths):
 def test_slash_commands(loaded, paths, tmp_path):
     s = make_session(loaded, paths)
     saved = tmp_path / "now.json"
-    s.run(script("/help", "/k 2", "/temp 0.7", "/seed 5", "/show accepted", "/system Be brief.",
+    s.run(script("/help", "/k 2", "/temperature 0.3", "/temp 0.7", "/seed 5", "/show accepted", "/system Be brief.",
                  "/bogus", "/[/]", "/k 99", "/temp hot", "/seed -3", "/show [/fancy]", "Hello", "/stats", "/retry",
                  f"/save {saved}", "/reset", "/stats", "/exit", "never sent"))
     err = text_of(s.err)
     assert "/retry" in err and "Multi-line input" in err  # /help
+    assert "temperature = 0.3" in err  # /temperature: the long name of /temp
     assert s.spec.k == 2 and s.sampling.temperature == 0.7 and s.seed == 5
     assert s.show == "accepted" and s.chat.system == "Be brief."
     assert "unknown command /bogus" in err and "unknown command /[/]" in err  # not markup
