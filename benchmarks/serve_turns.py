@@ -22,41 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
+
+from serve_vs_llama_server import free_port, running  # the same server start and health wait
 
 QUESTIONS = ["What does this file do?", "Which events does it yield?", "How is K chosen?",
              "What happens on an interrupt?", "Summarise it in one line.", "Any bugs?",
              "Name one function.", "Thanks."]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(src: Path, port: int, log: Path, extra: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(src))
-    proc = subprocess.Popen([sys.executable, "-m", "specli", "serve", "--port", str(port), *extra],
-                            env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"), cwd="/")
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"specli serve from {src} exited; see {log}")
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
-                return proc
-        except OSError:
-            time.sleep(0.5)
-    proc.terminate()
-    raise SystemExit(f"specli serve from {src} did not become healthy; see {log}")
 
 
 def conversation(client, doc: str, turns: int, max_tokens: int) -> list[dict]:
@@ -98,13 +74,17 @@ def main(argv=None) -> int:
     doc = "Here is a file:\n```python\n" + doc_src.read_text()[: args.doc_chars] + "\n```\n"
     extra = ["--ctx", str(args.ctx)] + (["--threads", str(args.threads)] if args.threads else [])
     extra += args.serve_arg
-    procs, clients = {}, {}
+    clients = {}
     results: dict[str, list[dict]] = {name: [] for name in builds}
-    try:
+    with ExitStack() as servers:
         for name, src in builds.items():
             port = free_port()
-            procs[name] = start(Path(src).resolve(), port, Path(f"/tmp/serve_turns_{name}.log"), extra)
-            clients[name] = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+            # PYTHONPATH puts the tree first; cwd "/" keeps `python -m` from importing the
+            # specli of whatever directory this runs in before it.
+            url = servers.enter_context(running(
+                f"specli {name}", [sys.executable, "-m", "specli", "serve", "--port", str(port), *extra],
+                port, env={"PYTHONPATH": str(Path(src).resolve())}, cwd="/"))
+            clients[name] = OpenAI(base_url=f"{url}/v1", api_key="none")
         names = list(builds)
         for c in range(args.conversations):
             for name in names[c % len(names):] + names[: c % len(names)]:
@@ -114,10 +94,6 @@ def main(argv=None) -> int:
                       f"{statistics.median(r['seconds'] for r in rows[1:]):.3f} s, queue_ms "
                       f"{[round(r['queue_ms']) for r in rows[1:]]}, prompt "
                       f"{rows[-1]['prompt_tokens']} tokens", file=sys.stderr, flush=True)
-    finally:
-        for p in procs.values():
-            p.terminate()
-            p.wait(timeout=30)
     print(f"{'build':<10}{'turn latency':>14}{'queue_ms':>10}{'prompt_n':>10}")
     summary = {}
     for name, rows in results.items():

@@ -117,11 +117,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(name: str, argv: list[str], port: int, env: dict | None = None):
+def running(name: str, argv: list[str], port: int, env: dict | None = None,
+            cwd: str | None = None):
     """Start a server, wait for /health 200, yield its URL; stop it afterwards."""
     log = tempfile.NamedTemporaryFile("w+", prefix=f"{name.replace(' ', '_')}-", suffix=".log",
                                       delete=False)
-    proc = subprocess.Popen(argv, stdout=log, stderr=log, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(argv, stdout=log, stderr=log, env={**os.environ, **(env or {})},
+                            cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc, log.name)
