@@ -9,6 +9,7 @@ from specli.errors import UsageError
 
 K_MAX = 64
 PROMPT_CACHE_MB = 512  # saved prompt states per model (specli.promptcache; serve --cache-mb)
+PROMPT_CACHE_BYTES = PROMPT_CACHE_MB * 2**20
 KSpec = Union[int, Literal["auto"]]
 DrafterName = Literal["model", "ngram", "auto"]
 

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
-from specli.config import PROMPT_CACHE_MB, SamplingConfig, SpecConfig
+from specli.config import PROMPT_CACHE_BYTES, SamplingConfig, SpecConfig
 from specli.errors import ContextFullError
 
 MAX_POLICIES = 32  # K policies kept (one per K and sampling setting), oldest dropped first
@@ -167,7 +167,7 @@ class Conversation:
     setting, the --k auto policy with what it measured. The KV caches live in the models.
     """
 
-    def __init__(self, gen, state_bytes: int = PROMPT_CACHE_MB * 2**20) -> None:
+    def __init__(self, gen, state_bytes: int = PROMPT_CACHE_BYTES) -> None:
         """state_bytes: memory for saved prompt states per model (0: none kept)."""
         from specli.prompt import ChatTemplate
 

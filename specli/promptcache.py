@@ -27,7 +27,7 @@ from collections import OrderedDict
 from typing import Sequence
 
 from specli.backend import common_prefix
-from specli.config import PROMPT_CACHE_MB
+from specli.config import PROMPT_CACHE_BYTES
 from specli.errors import ModelError
 
 MIN_GAIN = 16  # tokens: a shorter gain is not worth a state copy
@@ -37,7 +37,7 @@ MIN_GAIN = 16  # tokens: a shorter gain is not worth a state copy
 # answered at T 0 and 0.8) evicted states still wanted, and its second repeat prefilled
 # 225 of an edit prompt's 249 tokens again (2.7 s) where llama-server restored them.
 MAX_ENTRIES = 64
-MAX_BYTES = PROMPT_CACHE_MB * 2**20
+MAX_BYTES = PROMPT_CACHE_BYTES
 
 
 class PromptStates:

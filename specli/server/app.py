@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from specli.config import PROMPT_CACHE_MB
+from specli.config import PROMPT_CACHE_BYTES
 from specli.server.errors import ApiError, error_body, internal, loading, unauthorized
 from specli.server.protocol import Defaults, parse_chat, parse_completion, parse_json
 from specli.server.responses import (DONE, Ids, chunk, completion_body, models_body, sse,
@@ -32,7 +32,7 @@ class ServerState:
     """What the routes read: the scheduler, the defaults, readiness and the API key."""
 
     def __init__(self, *, api_key: str | None, max_queue: int, log,
-                 state_bytes: int = PROMPT_CACHE_MB * 2**20) -> None:
+                 state_bytes: int = PROMPT_CACHE_BYTES) -> None:
         self.api_key = api_key
         self.log = log
         self.state_bytes = state_bytes  # saved prompt states, per model (promptcache)
