@@ -271,6 +271,14 @@ def test_cache_mb_zero_keeps_no_prompt_states(model_args, workdir):
     (["--port", "0", "--cache-mb", "-1"], "--cache-mb must be >= 0, got -1"),
     (["--port", "99999"], "--port must be in 0..65535, got 99999"),  # not 99999 % 65536
     (["--port", "-1"], "--port must be in 0..65535, got -1"),
+    (["--port", "0", "--allow-origin", "app.example"],
+     "--allow-origin expects an origin such as https://app.example or chrome-extension://*, "
+     "got 'app.example'"),
+    (["--port", "0", "--allow-origin", "https://app.example/chat"],
+     "--allow-origin expects an origin such as https://app.example or chrome-extension://*, "
+     "got 'https://app.example/chat'"),
+    (["--port", "0", "--allow-host", "proxy.example/v1"],
+     "--allow-host expects a host name such as proxy.example, got 'proxy.example/v1'"),
 ])
 def test_bad_server_options_are_one_line(model_args, args, message):
     r = subprocess.run([sys.executable, "-m", "specli", "serve", *map(str, model_args), *args],
@@ -466,6 +474,95 @@ def test_stop_signal_mid_stream_exits_0(model_args, workdir, sig):
     with pytest.raises(Exception):  # the stream was cut (an error event, or the connection)
         for _ in stream:
             pass
+
+
+# --- browsers: Origin and Host ------------------------------------------------------------------
+EVIL = "https://evil.example"
+
+
+def preflight(s, origin, headers="authorization, content-type"):
+    return request(s, "OPTIONS", "/v1/chat/completions", headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": headers})
+
+
+def test_a_page_from_elsewhere_gets_403_before_anything_runs(server):
+    """Any page can POST to a loopback server as a "simple" request (text/plain, no
+    preflight); the browser sends its Origin, and the server refuses it."""
+    for method, path, body in (("POST", "/v1/chat/completions", OK_CHAT),
+                               ("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 2}),
+                               ("GET", "/v1/models", None)):
+        status, headers, raw = request(server, method, path, body,
+                                       headers={"Origin": EVIL, "Content-Type": "text/plain"})
+        status, err = error_of(status, raw)
+        assert status == 403 and err["code"] == "origin_not_allowed"
+        assert f"--allow-origin {EVIL}" in err["message"]
+        assert "access-control-allow-origin" not in headers
+    assert preflight(server, EVIL)[0] == 403
+    for lookalike in ("https://localhost.evil.example", "http://127.0.0.1.evil.example:8080",
+                      "null", "vscode-webview-evil://x"):
+        assert request(server, "GET", "/v1/models", headers={"Origin": lookalike})[0] == 403
+    assert server.log.count(f"refused a request with origin {EVIL!r}") == 1  # logged once
+
+
+def test_pages_from_this_machine_get_cors_headers(server):
+    origin = "http://localhost:3000"
+    status, headers, raw = request(server, "POST", "/v1/chat/completions", OK_CHAT,
+                                   headers={"Origin": origin})
+    assert status == 200 and headers["access-control-allow-origin"] == origin
+    assert json.loads(raw)["choices"]
+    status, headers, raw = request(server, "POST", "/v1/chat/completions",
+                                   {**OK_CHAT, "stream": True}, headers={"Origin": origin})
+    assert status == 200 and headers["access-control-allow-origin"] == origin
+    assert sse_events(raw)[-1] == "[DONE]"
+    # The preflight of what the openai JS SDK sends from a browser:
+    status, headers, _ = preflight(server, "http://127.0.0.1:5173",
+                                   "authorization, content-type, x-stainless-os")
+    assert status == 200 and headers["access-control-allow-origin"] == "http://127.0.0.1:5173"
+    allowed = {h.strip() for h in headers["access-control-allow-headers"].split(",")}
+    assert {"authorization", "content-type", "x-stainless-os"} <= allowed
+    assert "POST" in headers["access-control-allow-methods"]
+    for origin in ("http://[::1]:8000", "https://app.localhost", "vscode-webview://1a2b3c"):
+        status, headers, _ = request(server, "GET", "/v1/models", headers={"Origin": origin})
+        assert status == 200 and headers["access-control-allow-origin"] == origin
+
+
+def test_a_host_that_is_not_this_machine_gets_403(server):
+    """DNS rebinding: a page whose domain now resolves to 127.0.0.1 is same-origin with the
+    server and sends no cross-origin Origin on a GET, but its Host names its own domain."""
+    for host in ("evil.example", f"evil.example:{server.port}", "127.0.0.1.evil.example"):
+        status, err = error_of(*request(server, "GET", "/v1/models", headers={"Host": host})[::2])
+        assert status == 403 and err["code"] == "host_not_allowed"
+        assert "--allow-host" in err["message"]
+    for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}", f"[::1]:{server.port}",
+                 "127.0.0.2", "app.localhost"):
+        assert request(server, "GET", "/v1/models", headers={"Host": host})[0] == 200, host
+
+
+def test_allow_origin_and_allow_host(model_args, workdir):
+    s = start(model_args, workdir, "browsers", "--ctx", "512", "--allow-origin",
+              "https://App.example/", "--allow-origin", "chrome-extension://*",
+              "--allow-host", "proxy.example")
+    try:
+        # The openai SDK, sending what a browser would add: an Origin and a proxy's Host.
+        c = s.client(default_headers={"Origin": "https://app.example", "Host": "proxy.example"})
+        assert chat(c, "Hi", max_tokens=2).choices
+        status, headers, _ = preflight(s, "chrome-extension://abcdefgh")
+        assert status == 200 and headers["access-control-allow-origin"] == "chrome-extension://abcdefgh"
+        for origin in (EVIL, "https://app.example.evil.example", "https://evil.example/chrome-extension://x"):
+            assert request(s, "GET", "/v1/models", headers={"Origin": origin})[0] == 403, origin
+        assert request(s, "GET", "/v1/models", headers={"Host": "proxy.example:443"})[0] == 200
+        assert request(s, "GET", "/v1/models", headers={"Host": "other.example"})[0] == 403
+    finally:
+        assert s.stop() == 0, s.log
+    s = start(model_args, workdir, "any-origin", "--ctx", "512",
+              env={"SPECLI_ALLOW_ORIGINS": "*"})
+    try:
+        status, headers, _ = request(s, "GET", "/v1/models", headers={"Origin": EVIL})
+        assert status == 200 and headers["access-control-allow-origin"] == "*"
+        assert request(s, "GET", "/v1/models", headers={"Host": "evil.example"})[0] == 403
+    finally:
+        assert s.stop() == 0, s.log
 
 
 def test_non_loopback_without_a_key_refuses_to_start(model_args, workdir):

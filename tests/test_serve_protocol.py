@@ -106,3 +106,42 @@ def test_health_is_503_while_loading():
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+# --- guard: Origin and Host rules (pure) -------------------------------------------------------
+@pytest.mark.parametrize("header, name", [
+    ("localhost:8080", "localhost"), ("LOCALHOST", "localhost"), ("[::1]:8080", "::1"),
+    ("[::1]", "::1"), ("127.0.0.1", "127.0.0.1"), ("proxy.example:443", "proxy.example")])
+def test_split_host(header, name):
+    from specli.server.guard import split_host
+
+    assert split_host(header) == name
+
+
+def test_origin_rules():
+    import re
+
+    from specli.server.guard import Access
+
+    rule = re.compile(Access(origins=("https://App.example/", "chrome-extension://*",
+                                      "https://*.corp.example:8443")).origin_regex)
+    allowed = ("https://app.example", "HTTPS://APP.EXAMPLE", "chrome-extension://abc",
+               "https://a.b.corp.example:8443", "http://localhost", "http://localhost:3000",
+               "http://127.1.2.3:80", "https://[::1]:8000", "http://x.localhost:1",
+               "vscode-webview://abc123")
+    refused = ("https://app.example:444", "http://app.example", "https://app.example.evil",
+               "https://corp.example:8443", "https://a.corp.example", "https://evil.example",
+               "http://localhost.evil.example", "http://127.0.0.1.evil.example", "null",
+               "vscode-webview://", "file://")
+    assert all(rule.fullmatch(o) for o in allowed), [o for o in allowed if not rule.fullmatch(o)]
+    assert not any(rule.fullmatch(o) for o in refused), [o for o in refused if rule.fullmatch(o)]
+
+
+@pytest.mark.parametrize("origins, hosts", [(("https://",), ()), (("ftp",), ()),
+                                            ((" ",), ()), ((), ("",)), ((), ("a/b",))])
+def test_bad_access_values_are_usage_errors(origins, hosts):
+    from specli.errors import UsageError
+    from specli.server.guard import Access
+
+    with pytest.raises(UsageError):
+        Access(origins=origins, hosts=hosts)

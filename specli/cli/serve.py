@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -16,7 +16,7 @@ from specli.config import PROMPT_CACHE_MB
 
 SERVE_HELP = """Serve the pair over an OpenAI-compatible HTTP API, speculative decoding every reply.
 
-Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health (503 while the models load). Replies are streamed as Server-Sent Events when asked. Sampling options below are the defaults for what a request leaves out; a request may override K, the drafter and strict mode with "speculative": {"k": 4, "drafter": "ngram", "strict": true}. One generation runs at a time; others wait in a queue. Consecutive requests that share a prefix (a client re-sending a growing conversation) decode only the new tokens. Each response carries a "timings" object (llama-server's names, plus rounds, acceptance and K per round).
+Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health (503 while the models load). Replies are streamed as Server-Sent Events when asked. Sampling options below are the defaults for what a request leaves out; a request may override K, the drafter and strict mode with "speculative": {"k": 4, "drafter": "ngram", "strict": true}. One generation runs at a time; others wait in a queue. Consecutive requests that share a prefix (a client re-sending a growing conversation) decode only the new tokens. Each response carries a "timings" object (llama-server's names, plus rounds, acceptance and K per round). Web pages may call it only from this machine (or an --allow-origin); see README, Browsers.
 
 Examples:
 
@@ -25,6 +25,8 @@ Examples:
   specli serve --port 9000 --max-tokens 2048
 
   SPECLI_API_KEY=secret specli serve --host 0.0.0.0
+
+  specli serve --allow-origin https://app.example   # a web app may call it (CORS)
 
   curl http://127.0.0.1:8080/v1/chat/completions \\
     -d '{"messages": [{"role": "user", "content": "Hi"}]}'
@@ -72,6 +74,17 @@ def serve_cmd(
         "--dangerously-serve-without-key",
         help="Listen on a non-loopback --host without --api-key: anyone who can connect may use the server.",
         rich_help_panel="Server")] = False,
+    allow_origin: Annotated[Optional[List[str]], typer.Option(
+        "--allow-origin", envvar="SPECLI_ALLOW_ORIGINS", show_envvar=True,
+        help="A web page origin that may call the server from a browser (repeatable; "
+        "'*' in it matches any part, as in chrome-extension://*; '*' alone: any page). "
+        "Pages from this machine and VS Code webviews always may; other pages get 403.",
+        rich_help_panel="Server")] = None,
+    allow_host: Annotated[Optional[List[str]], typer.Option(
+        "--allow-host", help="A host name to answer besides localhost and loopback addresses "
+        "(repeatable), such as a reverse proxy's that passes its Host header on. On loopback, "
+        "requests addressed to other names get 403 (a guard against DNS rebinding).",
+        rich_help_panel="Server")] = None,
 ) -> None:
     from specli.server.main import serve
 
@@ -85,7 +98,8 @@ def serve_cmd(
             n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers, strict=strict)
 
     serve(open_gen, host=host, port=port, api_key=api_key or None, max_queue=max_queue,
-          allow_open=allow_open, cache_mb=cache_mb, on_listening=lambda url: _banner(url, api_key),
+          allow_open=allow_open, cache_mb=cache_mb, allow_origins=tuple(allow_origin or ()),
+          allow_hosts=tuple(allow_host or ()), on_listening=lambda url: _banner(url, api_key),
           on_ready=_ready)
 
 

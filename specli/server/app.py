@@ -18,7 +18,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from specli.config import PROMPT_CACHE_BYTES
+from specli.server import guard
 from specli.server.errors import ApiError, error_body, internal, loading, unauthorized
+from specli.server.guard import Access
 from specli.server.protocol import Defaults, parse_chat, parse_completion, parse_json
 from specli.server.responses import (DONE, Ids, chunk, completion_body, models_body, sse,
                                      usage_chunk)
@@ -29,11 +31,13 @@ POLL_S = 0.25  # how often a request waiting for its turn checks that its client
 
 
 class ServerState:
-    """What the routes read: the scheduler, the defaults, readiness and the API key."""
+    """What the routes read: the scheduler, the defaults, readiness, the API key and which
+    browsers may call (guard.Access)."""
 
     def __init__(self, *, api_key: str | None, max_queue: int, log,
-                 state_bytes: int = PROMPT_CACHE_BYTES) -> None:
+                 state_bytes: int = PROMPT_CACHE_BYTES, access: Access = Access()) -> None:
         self.api_key = api_key
+        self.access = access
         self.log = log
         self.state_bytes = state_bytes  # saved prompt states, per model (promptcache)
         self.scheduler = Scheduler(max_queue, log)
@@ -112,6 +116,7 @@ def build_app(state: ServerState) -> FastAPI:
         return await _complete(request, state, parse_completion)
 
     _install_error_handlers(app, state)
+    guard.install(app, state.access, state.log)
     return app
 
 

@@ -18,6 +18,7 @@ import uvicorn
 from specli.config import PROMPT_CACHE_MB
 from specli.errors import SpecliError, UsageError
 from specli.server.app import ServerState, build_app
+from specli.server.guard import Access
 from specli.server.worker import stderr_log
 
 GRACE_S = 5  # seconds connections get to close after a stop signal
@@ -117,7 +118,8 @@ class _Loader(threading.Thread):
 
 def serve(open_gen: Callable[[], ContextManager], *, host: str, port: int,
           api_key: str | None, max_queue: int, allow_open: bool = False,
-          cache_mb: int = PROMPT_CACHE_MB,
+          cache_mb: int = PROMPT_CACHE_MB, allow_origins: tuple[str, ...] = (),
+          allow_hosts: tuple[str, ...] = (),
           on_listening: Callable[[str], None] = lambda url: None,
           on_ready: Callable[[object], None] = lambda gen: None,
           log: Callable[[str], None] = stderr_log) -> None:
@@ -129,9 +131,13 @@ def serve(open_gen: Callable[[], ContextManager], *, host: str, port: int,
     if not 0 <= port <= 65535:  # the OS would take it modulo 65536: 99999 listens on 34463
         raise UsageError(f"--port must be in 0..65535, got {port}")
     check_exposure(host, api_key, allow_open)
+    # On loopback, only requests addressed to this machine (or an --allow-host name);
+    # beyond it, any name: the address is public and the API key keeps strangers out.
+    access = Access(origins=tuple(allow_origins),
+                    hosts=(host, *allow_hosts) if is_loopback(host) else None)
     sock = bind(host, port)
     state = ServerState(api_key=api_key, max_queue=max_queue, log=log,
-                        state_bytes=cache_mb * 2**20)
+                        state_bytes=cache_mb * 2**20, access=access)
     config = uvicorn.Config(build_app(state), log_level="warning", access_log=False,
                             lifespan="off", timeout_graceful_shutdown=GRACE_S)
     server = _Server(config, on_stop=state.scheduler.close)
