@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import os
-import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+from browser import dump_dom, find_browser, headless
 
 
 def specli(*args, timeout=180):
@@ -146,31 +145,19 @@ def test_bench_html_charts_offline(bench_html):
     assert "Recommendation" in text and "β/exact" in text
 
 
-def _browser() -> str:
-    for name in BROWSERS:
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.skip("no headless browser: install Debian's chromium (.ci/run does) to run this test")
-
-
 def _dump_dom(browser: str, page: Path, tmp_path: Path) -> str:
-    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=2000"]
+    profile = tmp_path / "profile"
     shot = tmp_path / "shot.png"
-    r = subprocess.run(args + [f"--screenshot={shot}", "--window-size=1200,1400", page.as_uri()],
+    r = subprocess.run(headless(browser, profile, "--virtual-time-budget=2000")
+                       + [f"--screenshot={shot}", "--window-size=1200,1400", page.as_uri()],
                        capture_output=True, text=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 5000, r.stderr[-2000:]
-    r = subprocess.run(args + ["--dump-dom", page.as_uri()], capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return r.stdout
+    return dump_dom(browser, page.as_uri(), profile)
 
 
 def test_browser_renders_the_trace(run_html, tmp_path):
     data, path = run_html
-    dom = _dump_dom(_browser(), path, tmp_path)
+    dom = _dump_dom(find_browser(), path, tmp_path)
     page = parse(dom)
     assert page.tokens == len(data["tokens"])
     assert page.svgs == 2 and page.paths > 10
@@ -185,14 +172,14 @@ def test_browser_hover_shows_the_details(run_html, tmp_path):
              "{ el.dispatchEvent(new Event('mouseenter')); break; }</script></body>")
     page = tmp_path / "hover.html"
     page.write_text(path.read_text(encoding="utf-8").replace("</body>", hover), encoding="utf-8")
-    dom = _dump_dom(_browser(), page, tmp_path)
+    dom = _dump_dom(find_browser(), page, tmp_path)
     panel = dom.split("id=\"detail\"")[1].split("id=\"text\"")[0]
     assert "accepted draft (model)" in panel and "min(1, p/q)" in panel
     assert "u drawn" in panel and "top p:" in panel and "top q:" in panel
 
 
 def test_browser_renders_the_bench_report(bench_html, tmp_path):
-    dom = _dump_dom(_browser(), bench_html, tmp_path)
+    dom = _dump_dom(find_browser(), bench_html, tmp_path)
     page = parse(dom)
     assert page.svgs == 4 and page.paths > 20
     assert "Recommendation" in dom

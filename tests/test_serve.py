@@ -565,6 +565,62 @@ def test_allow_origin_and_allow_host(model_args, workdir):
         assert s.stop() == 0, s.log
 
 
+# In a real browser: a page whose origin is another site (web.test, resolved to 127.0.0.1 by
+# the browser only) calls the server as the openai JS SDK would (JSON and a key: a CORS
+# preflight) or as a form would (text/plain: no preflight, the answer unreadable).
+CALLER = """<html><body><pre id="out">pending</pre><script>
+const q = new URLSearchParams(location.search), port = q.get("port"), out = document.getElementById("out");
+const body = JSON.stringify({messages: [{role: "user", content: "Hi"}], max_tokens: 2});
+const init = q.get("mode") === "simple"
+  ? {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"}, body}
+  : {method: "POST", headers: {"Content-Type": "application/json", "Authorization": "Bearer x"}, body};
+fetch(`http://127.0.0.1:${port}/v1/chat/completions`, init)
+  .then(r => r.type === "opaque" ? "sent" : r.json().then(j => "reply:" + j.choices[0].message.role))
+  .catch(e => "blocked:" + e.name).then(t => { out.textContent = t; });
+</script></body></html>"""
+
+
+@pytest.fixture(scope="module")
+def web_page(tmp_path_factory):
+    """A page served on 127.0.0.1 at another origin: http://web.test:PORT/caller.html."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    root = tmp_path_factory.mktemp("site")
+    (root / "caller.html").write_text(CALLER)
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://web.test:{httpd.server_port}"
+    httpd.shutdown()
+
+
+def browse(url, tmp_path, name) -> str:
+    from browser import dump_dom, find_browser
+
+    dom = dump_dom(find_browser(), url, tmp_path / name,
+                   "--host-resolver-rules=MAP web.test 127.0.0.1", budget_ms=5000)
+    return dom.split('<pre id="out">')[1].split("<")[0] if '<pre id="out">' in dom else dom
+
+
+def test_in_a_browser_other_sites_are_refused_and_allowed_ones_read(
+        server, web_page, model_args, workdir, tmp_path):
+    page = f"{web_page}/caller.html?port={server.port}"
+    assert browse(page, tmp_path, "cors").startswith("blocked:")  # its preflight got 403
+    served = server.log.count(" chat: ")
+    assert browse(page + "&mode=simple", tmp_path, "simple") == "sent"
+    assert f"refused a request with origin {web_page!r}" in server.log
+    assert server.log.count(" chat: ") == served  # the form-style POST generated nothing
+    rebound = browse(f"http://web.test:{server.port}/v1/models", tmp_path, "rebind")
+    assert "host_not_allowed" in rebound and '"data"' not in rebound
+    s = start(model_args, workdir, "web-app", "--ctx", "512", "--allow-origin", web_page)
+    try:
+        assert browse(f"{web_page}/caller.html?port={s.port}", tmp_path, "allowed") == "reply:assistant"
+    finally:
+        assert s.stop() == 0, s.log
+
+
 def test_non_loopback_without_a_key_refuses_to_start(model_args, workdir):
     r = subprocess.run([sys.executable, "-m", "specli", "serve", *map(str, model_args),
                         "--host", "0.0.0.0", "--port", "0"],
