@@ -579,3 +579,18 @@ def test_each_reply_starts_from_the_match_priors(loaded, paths, monkeypatch):
     s.core.drafter_policy(s.gen.spec, s.gen.sampling)
     s.core.drafter_policy(s.gen.spec, s.gen.sampling)
     assert len(calls) == 2 and calls[0] is calls[1]  # the same policy, reset before each reply
+
+
+def test_warm_up_decodes_nothing_and_the_first_reply_uses_its_policy(loaded, paths, monkeypatch):
+    """The server warms the core before it says ready: template compiled, default policy
+    made (read from the cost cache), and the KV caches untouched."""
+    monkeypatch.setenv("SPECLI_COST_CACHE", "off")
+    s = make_session(loaded, paths, k="auto", drafter="auto")
+    for m in (loaded.target, loaded.draft):
+        m.truncate(0)
+    s.core.warm_up()
+    assert loaded.target.n_past == 0 and loaded.draft.n_past == 0
+    assert "_compiled" in vars(s.core.template)  # compiled once, now
+    (warmed,) = s.core._policies.values()
+    _, policy = s.core.drafter_policy(s.gen.spec, s.gen.sampling)
+    assert policy is warmed

@@ -143,6 +143,7 @@ class Runner:
         from specli.conversation import Conversation, ReplyMemory
 
         self.core = Conversation(gen, state_bytes)
+        self.core.warm_up()  # before /health says ready
         self.memory = ReplyMemory()  # replies' tokens, for clients re-sending the history
         self.log = log
 
