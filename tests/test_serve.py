@@ -555,6 +555,14 @@ def test_allow_origin_and_allow_host(model_args, workdir):
         assert request(s, "GET", "/v1/models", headers={"Host": "other.example"})[0] == 403
     finally:
         assert s.stop() == 0, s.log
+    s = start(model_args, workdir, "list-origins", "--ctx", "512",
+              env={"SPECLI_ALLOW_ORIGINS": "https://a.example,https://b.example https://c.example"})
+    try:
+        for origin in ("https://a.example", "https://b.example", "https://c.example"):
+            assert request(s, "GET", "/v1/models", headers={"Origin": origin})[0] == 200, origin
+        assert request(s, "GET", "/v1/models", headers={"Origin": EVIL})[0] == 403
+    finally:
+        assert s.stop() == 0, s.log
     s = start(model_args, workdir, "any-origin", "--ctx", "512",
               env={"SPECLI_ALLOW_ORIGINS": "*"})
     try:

@@ -46,6 +46,12 @@ def check_exposure(host: str, api_key: str | None, allow_open: bool) -> None:
                          "--dangerously-serve-without-key to serve anyone who can connect")
 
 
+def _items(values) -> tuple[str, ...]:
+    """Repeated option values, each of which may also be a comma-separated list (as
+    SPECLI_ALLOW_ORIGINS may be written, like OLLAMA_ORIGINS)."""
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket, or a one-line error (address in use, unknown host...)."""
     try:
@@ -133,8 +139,8 @@ def serve(open_gen: Callable[[], ContextManager], *, host: str, port: int,
     check_exposure(host, api_key, allow_open)
     # On loopback, only requests addressed to this machine (or an --allow-host name);
     # beyond it, any name: the address is public and the API key keeps strangers out.
-    access = Access(origins=tuple(allow_origins),
-                    hosts=(host, *allow_hosts) if is_loopback(host) else None)
+    access = Access(origins=_items(allow_origins),
+                    hosts=(host, *_items(allow_hosts)) if is_loopback(host) else None)
     sock = bind(host, port)
     state = ServerState(api_key=api_key, max_queue=max_queue, log=log,
                         state_bytes=cache_mb * 2**20, access=access)
