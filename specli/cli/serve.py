@@ -76,8 +76,8 @@ def serve_cmd(
         rich_help_panel="Server")] = False,
     allow_origin: Annotated[Optional[List[str]], typer.Option(
         "--allow-origin", envvar="SPECLI_ALLOW_ORIGINS", show_envvar=True,
-        help="A web page origin that may call the server from a browser (repeatable, or a comma-separated list; "
-        "'*' in it matches any part, as in chrome-extension://*; '*' alone: any page). "
+        help="A web page origin that may call the server from a browser (repeatable, or a "
+        "comma-separated list; '*' in it matches any part, as in chrome-extension://*; '*' alone: any page). "
         "Pages from this machine and VS Code webviews always may; other pages get 403.",
         rich_help_panel="Server")] = None,
     allow_host: Annotated[Optional[List[str]], typer.Option(

@@ -81,7 +81,8 @@ class Access:
     def __post_init__(self) -> None:
         for h in self.hosts or ():
             if not h.strip() or "/" in h:
-                raise UsageError(f"--allow-host expects a host name such as proxy.example, got {h!r}")
+                raise UsageError("--allow-host expects a host name such as proxy.example, "
+                                 f"got {h!r}")
         self.origin_regex  # validates every --allow-origin value now, as a one-line error
 
     @property
@@ -128,7 +129,8 @@ class Guard:
                     "loopback answers only requests addressed to it (a guard against DNS "
                     f"rebinding); start it with --allow-host {split_host(host)} to answer "
                     "that name", "host_not_allowed")
-            elif origin is not None and self.origin is not None and not self.origin.fullmatch(origin):
+            elif (origin is not None and self.origin is not None
+                  and not self.origin.fullmatch(origin)):
                 error = self._refuse(
                     "origin", origin, f"requests from the web page at {origin!r} are not "
                     f"allowed; start the server with --allow-origin {origin} to let that "
