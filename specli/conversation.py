@@ -23,6 +23,9 @@ from specli.config import PROMPT_CACHE_BYTES, SamplingConfig, SpecConfig
 from specli.errors import ContextFullError, SpecliError
 
 MAX_POLICIES = 32  # K policies kept (one per K and sampling setting), oldest dropped first
+# A prediction is indexed as if it followed the prompt's last tokens, so that the first
+# round already drafts its start.
+PREDICTION_ANCHOR = 8
 
 
 # --- prompt tokens ----------------------------------------------------------------------
@@ -100,10 +103,15 @@ class Reply:
 
     def __init__(self, conv: "Conversation", tokens: list[int], spec: SpecConfig,
                  sampling: SamplingConfig, drafter_name: str | None = None,
-                 trace: bool = False) -> None:
+                 trace: bool = False, prediction: Sequence[int] | None = None) -> None:
         from specli.engine import speculative_generate
 
-        drafter, self.policy = conv.drafter_policy(spec, sampling, drafter_name)
+        drafter, self.policy = conv.drafter_policy(
+            spec, sampling, drafter_name, prediction=prediction,
+            anchor=tokens[-PREDICTION_ANCHOR:])
+        # Drafting from the prediction goes through the n-gram drafter (auto or ngram).
+        self._reference = (conv._ngram if prediction and conv._ngram is not None
+                           and conv._ngram.reference is not None else None)
         # --strict: batch-invariant verify calls. First: measuring them may use the target.
         chunk = conv.gen.strict_chunk(spec, self.policy, len(tokens))
         self.conv, self.prompt_tokens = conv, len(tokens)
@@ -134,6 +142,14 @@ class Reply:
         if self.draft_model is None:
             return None
         return max(0, min(self.draft_model.n_past, self.prompt_tokens) - self._draft_reused)
+
+    @property
+    def prediction_counts(self) -> tuple[int, int] | None:
+        """(tokens drafted from the request's prediction, of which accepted); None when
+        there was no prediction or nothing drafts from it (K = 0, the model drafter)."""
+        if self._reference is None:
+            return None
+        return self._reference.reference_drafted, self._reference.reference_accepted
 
     @property
     def prompt_reused(self) -> int:
@@ -231,16 +247,27 @@ class Conversation:
                                    f"{n_ctx}; it does not fit")
 
     def reply(self, tokens: list[int], spec: SpecConfig, sampling: SamplingConfig,
-              drafter_name: str | None = None, trace: bool = False) -> Reply:
+              drafter_name: str | None = None, trace: bool = False,
+              prediction: Sequence[int] | None = None) -> Reply:
         """Start generating the reply to `tokens` (see Reply for the protocol).
 
         `drafter_name` (model, ngram, auto) defaults to the loaded pair's own setting;
-        `trace`: rounds carry what verification saw (for --html).
+        `trace`: rounds carry what verification saw (for --html); `prediction`: tokens the
+        reply is expected to repeat (the server's `prediction` field), drafted from by the
+        n-gram and auto drafters. Drafts never change what is sampled, only how fast.
         """
-        return Reply(self, tokens, spec, sampling, drafter_name, trace)
+        return Reply(self, tokens, spec, sampling, drafter_name, trace, prediction)
+
+    def prediction_tokens(self, text: str) -> list[int]:
+        """A predicted output's tokens: plain text, as the reply would spell it (no more
+        than a context's worth: a reply cannot be longer)."""
+        n_ctx = self.target.n_ctx
+        return self.target.tokenize(text[: 16 * n_ctx], add_special=False,
+                                    parse_special=False)[:n_ctx]
 
     def drafter_policy(self, spec: SpecConfig, sampling: SamplingConfig,
-                       drafter_name: str | None = None):
+                       drafter_name: str | None = None, prediction: Sequence[int] | None = None,
+                       anchor: Sequence[int] = ()):
         """The drafter for this reply, warping exactly as the target does (same sampling).
 
         The model drafter is made afresh (its KV state lives in the draft model); the n-gram
@@ -248,6 +275,8 @@ class Conversation:
         it indexed and indexes the rest, so after a retry, a reset or trimming it is never
         stale, and a growing conversation is not re-indexed from its start every reply.
         """
+        if self._ngram is not None:
+            self._ngram.set_reference(None)  # a prediction is one reply's only
         if spec.k == 0:
             return None, None
         from specli.drafters import NgramDrafter
@@ -256,6 +285,8 @@ class Conversation:
         name = drafter_name or self.gen.drafter_name
         if self._ngram is None:
             self._ngram = NgramDrafter()
+        if prediction and name in ("ngram", "auto"):
+            self._ngram.set_reference(prediction, anchor)
         drafter = make_drafter(self.gen.loaded, name, sampling, ngram=self._ngram)
         key = (spec.k, spec.k_max, name, sampling)
         if key not in self._policies:

@@ -130,6 +130,33 @@ class NgramDrafter:
         from specli.ngram import NgramIndex
 
         self.index = NgramIndex(n_max=n_max, n_min=n_min, candidates=candidates)
+        self.reference = None  # an NgramIndex over a predicted output (set_reference)
+        self.reference_drafted = self.reference_accepted = 0  # tokens, this generation
+        self._pending: tuple[int, list[int]] | None = None  # a reference draft being verified
+
+    def set_reference(self, tokens: Sequence[int] | None, anchor: Sequence[int] = ()) -> None:
+        """Draft from `tokens` as well (a request's predicted output: what the reply is
+        expected to repeat), as if they followed `anchor` (the end of the prompt, so that
+        the first round already drafts their start). A match there wins over one in the
+        context when it agrees as far back. None: no reference. Resets the counts."""
+        from specli.ngram import NgramIndex
+
+        self.reference, self._pending = None, None
+        self.reference_drafted = self.reference_accepted = 0
+        if tokens:
+            i = self.index
+            self.reference = NgramIndex(n_max=i.n_max, n_min=i.n_min, candidates=i.candidates)
+            self.reference.extend([*anchor, *tokens])
+
+    def _lookup(self, committed: Sequence[int], k: int) -> tuple[list[int], int, bool]:
+        """(draft, how far back its match agrees, whether it comes from the reference)."""
+        self.sync(committed)
+        tokens, length = self.index.lookup(k)
+        if self.reference is not None:
+            ref_tokens, ref_length = self.reference.lookup_in(committed, k)
+            if ref_length and ref_length >= length:
+                return ref_tokens, ref_length, True
+        return tokens, length, False
 
     def prefill(self, committed: Sequence[int]) -> None:
         """At the start of a generation: keep only the indexed prefix that still matches."""
@@ -150,16 +177,23 @@ class NgramDrafter:
 
     def match_len(self, committed: Sequence[int]) -> int:
         """How far back the best earlier occurrence agrees with the end of `committed`."""
-        self.sync(committed)
-        return self.index.lookup(0)[1]
+        return self._lookup(committed, 0)[1]
 
     def propose(self, committed, k, rng, keep_drafting=None, source=None) -> Proposal:
         t0 = time.perf_counter()
-        self.sync(committed)
-        tokens = self.index.lookup(k)[0]
+        tokens, _, from_reference = self._lookup(committed, k)
+        if from_reference and tokens:
+            self._pending = (len(committed), list(tokens))
         return Proposal(tokens, [Dist.point(x) for x in tokens], "ngram", time.perf_counter() - t0)
 
     def rewind(self, committed: Sequence[int]) -> None:
+        if self._pending is not None:  # a reference draft was verified: count what was kept
+            from specli.backend import common_prefix
+
+            start, tokens = self._pending
+            self._pending = None
+            self.reference_drafted += len(tokens)
+            self.reference_accepted += common_prefix(tokens, committed[start:])
         self.sync(committed)
 
 

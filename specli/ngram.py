@@ -156,23 +156,36 @@ class NgramIndex:
         return self._match[1]
 
     def _find_match(self) -> tuple[int, int, int]:
-        t = self._tokens
-        end = len(t)
+        return self._find(self._tokens)
+
+    def lookup_in(self, query: Sequence[int], k: int) -> tuple[list[int], int]:
+        """Like lookup, for the end of another sequence: where in this index's tokens does
+        the suffix of `query` occur, and what followed it (up to k tokens)? Returns
+        (tokens, how far back the occurrence agrees with `query`), ([], 0) for no match.
+        (For a reference text, such as a request's predicted output.)"""
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        start, n, length = self._find(query)
+        return (self._tokens[start : start + k], length) if n else ([], 0)
+
+    def _find(self, query: Sequence[int]) -> tuple[int, int, int]:
+        end = len(query)
         for n in range(min(self.n_max, end), self.n_min - 1, -1):
-            stack = self._starts.get(tuple(t[end - n : end]))
+            stack = self._starts.get(tuple(query[end - n : end]))
             if stack:
-                best, best_len = stack[-1], self._extent(stack[-1], n)
+                best, best_len = stack[-1], self._extent(query, stack[-1], n)
                 for start in stack[-2 : -self.candidates - 1 : -1]:
-                    length = self._extent(start, n)
+                    length = self._extent(query, start, n)
                     if length > best_len:
                         best, best_len = start, length
                 return best, n, best_len
         return 0, 0, 0
 
-    def _extent(self, start: int, n: int) -> int:
-        """How many tokens before `start` agree with the tokens before the end (>= n)."""
-        t, end = self._tokens, len(self._tokens)
-        length, limit = n, min(start, n + self.extend_cap)
-        while length < limit and t[start - length - 1] == t[end - length - 1]:
+    def _extent(self, query: Sequence[int], start: int, n: int) -> int:
+        """How many tokens before `start` agree with the tokens before the end of `query`
+        (>= n)."""
+        t, end = self._tokens, len(query)
+        length, limit = n, min(start, end, n + self.extend_cap)
+        while length < limit and t[start - length - 1] == query[end - length - 1]:
             length += 1
         return length

@@ -594,3 +594,34 @@ def test_warm_up_decodes_nothing_and_the_first_reply_uses_its_policy(loaded, pat
     (warmed,) = s.core._policies.values()
     _, policy = s.core.drafter_policy(s.gen.spec, s.gen.sampling)
     assert policy is warmed
+
+
+@pytest.mark.parametrize("drafter", ["ngram", "auto"])
+def test_a_prediction_is_drafted_from_and_changes_nothing(loaded, paths, drafter, monkeypatch):
+    """The conversation core drafts from a predicted output: the reply it predicts right
+    is accepted nearly whole, a wrong one costs rounds only; the tokens never change."""
+    import dataclasses
+
+    from specli.engine import Done
+
+    monkeypatch.setenv("SPECLI_COST_CACHE", "off")
+    s = make_session(loaded, paths, k=4, drafter=drafter, max_tokens=48)
+    prompt = s.core.tokens([{"role": "user", "content": "Hello, world! How are you today?"}])
+
+    def run(prediction, k):
+        spec = dataclasses.replace(s.gen.spec, k=k, strict=True)
+        reply = s.core.reply(list(prompt), spec, s.gen.sampling, drafter, prediction=prediction)
+        done = next(ev for ev in reply.events if isinstance(ev, Done))
+        reply.finish(done)
+        return list(done.tokens), done.stats, reply.prediction_counts
+
+    out, _, counts = run(None, 0)
+    assert counts is None and len(out) > 16
+    got, stats, (drafted, accepted) = run(out, 4)
+    assert got == out
+    assert accepted >= drafted - 4  # every draft kept (but where max_tokens cut the last)
+    assert stats.rounds <= len(out) // 5 + 2  # K = 4 accepted and the bonus token, per round
+    wrong = [(t + 7) % loaded.n_vocab for t in out]
+    got, stats, (drafted, accepted) = run(wrong, 4)
+    assert got == out and drafted >= 4 and accepted <= 2
+    assert run(None, 4)[2] is None  # the next reply without one drafts from the context only

@@ -19,6 +19,7 @@ from serveutil import Server, request, sse_events
 openai = pytest.importorskip("openai")
 
 PROMPT = "Write a haiku about the sea"
+LONG_CHAT = "Hello, world! How are you today?"  # greedy: no end token in 60 tokens
 LONG_RAW = "the quick brown fox"  # raw, greedy: thousands of tokens before an end token
 TIMING_KEYS = ("prompt_n", "prompt_ms", "predicted_n", "predicted_ms", "predicted_per_second",
                "draft_n", "draft_n_accepted", "cache_n", "rounds", "acceptance_rate",
@@ -225,6 +226,32 @@ def test_second_turn_evaluates_only_the_new_tokens(client, speculative):
         assert t["draft_prompt_n"] <= second.usage.prompt_tokens
 
 
+def test_a_prediction_is_drafted_from_and_changes_nothing(client):
+    """OpenAI's Predicted Outputs: drafts from the predicted text, counted in timings and
+    in usage; the reply is what it is without one (strict: bit for bit)."""
+    fixed = {"k": 4, "drafter": "ngram", "strict": True}
+    plain = chat(client, LONG_CHAT, temperature=0, max_tokens=40, extra_body={"speculative": fixed})
+    text = plain.choices[0].message.content
+    assert "prediction_draft_n" not in plain.model_extra["timings"]
+    for content in ("A haiku: the sea is wide and deep, and the waves roll in.",
+                    [{"type": "text", "text": "A haiku: "}, {"type": "text", "text": "the sea"}]):
+        r = chat(client, LONG_CHAT, temperature=0, max_tokens=40,
+                 prediction={"type": "content", "content": content},
+                 extra_body={"speculative": fixed})
+        assert r.choices[0].message.content == text
+        t = r.model_extra["timings"]
+        assert t["prediction_draft_n"] >= 4  # round 1 drafts the prediction's start
+        assert 0 <= t["prediction_draft_n_accepted"] <= t["prediction_draft_n"]
+        d = r.usage.completion_tokens_details
+        assert d.accepted_prediction_tokens == t["prediction_draft_n_accepted"]
+        assert d.rejected_prediction_tokens == t["prediction_draft_n"] - d.accepted_prediction_tokens
+    r = chat(client, LONG_CHAT, temperature=0, max_tokens=40, extra_body={"speculative": {"k": 0}},
+             prediction={"type": "content", "content": text})
+    assert r.choices[0].message.content == text  # K = 0: nothing drafts, nothing reported
+    assert "prediction_draft_n" not in r.model_extra["timings"]
+    assert r.usage.completion_tokens_details is None
+
+
 def test_draft_prompt_n_counts_what_the_draft_decoded(client):
     """One token: no round can draft, so the hybrid's draft never decodes this prompt (its
     prefill waits for the first model draft); a fixed K with the model drafter decodes it."""
@@ -360,6 +387,11 @@ OK_CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
      "messages[0].content[0]"),
     ({"messages": [{"role": "user"}]}, "messages[0].content"),
     ({"max_tokens": 3}, "messages"),
+    ({**OK_CHAT, "prediction": {"type": "code", "content": "x"}}, "prediction.type"),
+    ({**OK_CHAT, "prediction": {"type": "content", "content": 7}}, "prediction.content"),
+    ({**OK_CHAT, "prediction": {"type": "content", "content": [{"type": "image_url"}]}},
+     "prediction.content[0]"),
+    ({**OK_CHAT, "prediction": "the reply"}, "prediction"),
 ])
 def test_bad_fields_get_400_naming_them(server, body, param):
     status, err = error_of(*request(server, "POST", "/v1/chat/completions", body)[::2])

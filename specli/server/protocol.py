@@ -54,6 +54,14 @@ class Speculative(_Strict):
     strict: bool | None = None
 
 
+class Prediction(_Strict):
+    """OpenAI's Predicted Outputs: text the reply is expected to repeat (a file being
+    edited). specli drafts from it; the output stays exactly the target's."""
+
+    type: Literal["content"]
+    content: Union[str, list[TextPart]]
+
+
 class _Common(_Strict):
     model: str | None = None
     max_tokens: int | None = None
@@ -87,7 +95,7 @@ class ChatBody(_Common):
     function_call: Any = None
     audio: Any = None
     modalities: Any = None
-    prediction: Any = None
+    prediction: Prediction | None = None
 
 
 class CompletionBody(_Common):
@@ -102,7 +110,7 @@ UNSUPPORTED_DEFAULTS: dict[str, tuple] = {
     "function_call": (None, "none", "auto"), "logprobs": (None, False), "top_logprobs": (None, 0),
     "logit_bias": (None, {}), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
     "repeat_penalty": (None, 1), "best_of": (None, 1), "audio": (None,),
-    "modalities": (None, ["text"]), "prediction": (None,), "echo": (None, False),
+    "modalities": (None, ["text"]), "echo": (None, False),
     "suffix": (None, ""), "n": (None, 1),
     "response_format": (None, {"type": "text"}),
 }
@@ -131,6 +139,7 @@ class Job:
     stream: bool
     include_usage: bool
     model: str | None
+    prediction: str | None = None  # chat: the predicted output's text (drafted from)
 
 
 def parse_json(raw: bytes) -> dict:
@@ -154,8 +163,24 @@ def parse_chat(data: dict, defaults: Defaults) -> Job:
     messages = tuple(_message(i, m) for i, m in enumerate(body.messages))
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-    return _job(body, defaults, "chat", messages=messages, prompt="",
-                max_tokens=(param, max_tokens))
+    job = _job(body, defaults, "chat", messages=messages, prompt="",
+               max_tokens=(param, max_tokens))
+    if body.prediction is not None:
+        job = dataclasses.replace(job, prediction=_prediction(body.prediction))
+    return job
+
+
+def _prediction(p: Prediction) -> str | None:
+    if isinstance(p.content, str):
+        return p.content or None
+    texts = []
+    for j, part in enumerate(p.content):
+        if part.type != "text" or not isinstance(part.text, str):
+            raise bad_request(f"prediction.content[{j}]: only text parts are supported "
+                              f"(got type {part.type!r})", f"prediction.content[{j}]",
+                              code="unsupported_parameter")
+        texts.append(part.text)
+    return "".join(texts) or None
 
 
 def parse_completion(data: dict, defaults: Defaults) -> Job:

@@ -45,7 +45,15 @@ def timings(stats, reply, tally, queue_ms: float) -> dict:
         "draft_prompt_n": reply.draft_evaluated,
         "threads": reply.conv.target.threads_now,  # fewer than --threads: other processes were busy
         "queue_ms": queue_ms,
+        **_prediction_timings(reply),
     }
+
+
+def _prediction_timings(reply) -> dict:
+    counts = reply.prediction_counts
+    if counts is None:
+        return {}
+    return {"prediction_draft_n": counts[0], "prediction_draft_n_accepted": counts[1]}
 
 
 class Ids:

@@ -152,7 +152,9 @@ class Runner:
         t_start = time.perf_counter()
         try:
             tokens = self._prompt(job)
-            reply = self.core.reply(tokens, job.spec, job.sampling, job.drafter)
+            prediction = self.core.prediction_tokens(job.prediction) if job.prediction else None
+            reply = self.core.reply(tokens, job.spec, job.sampling, job.drafter,
+                                    prediction=prediction)
         except ApiError as e:
             ticket.put(Failed(e))
             return
@@ -252,6 +254,11 @@ class _Stream:
         usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": n_out,
                  "total_tokens": reply.prompt_tokens + n_out,
                  "prompt_tokens_details": {"cached_tokens": reply.prompt_reused}}
+        counts = reply.prediction_counts
+        if counts is not None:  # OpenAI's Predicted Outputs fields: drafted, kept, rejected
+            usage["completion_tokens_details"] = {
+                "accepted_prediction_tokens": counts[1],
+                "rejected_prediction_tokens": counts[0] - counts[1]}
         return Finished(text, reason, usage, timings(done.stats, reply, self.tally, queue_ms))
 
     def tokens_of(self, text: str, done, stopped: str) -> tuple[int, ...] | None:
