@@ -282,3 +282,49 @@ def test_lookup_matches_brute_force(tokens, candidates):
             expected = (t[best : best + 4], extent(best))
             break
     assert index.lookup(4) == expected
+
+
+# --- a reference text (a request's predicted output): lookup_in ----------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=40),
+       st.lists(st.integers(0, 3), min_size=0, max_size=20), st.integers(1, 6))
+def test_lookup_in_matches_brute_force(reference, query, candidates):
+    """The end of another sequence, looked up in this index: the same rule as lookup."""
+    index = NgramIndex(n_max=3, n_min=1, candidates=candidates, extend_cap=20)
+    index.extend(reference)
+    r, q, end = list(reference), list(query), len(query)
+    expected = ([], 0)
+    for n in range(min(3, end), 0, -1):
+        starts = [j for j in range(len(r) - 1, n - 1, -1) if r[j - n : j] == q[end - n :]]
+        if starts:
+            def extent(j):
+                length = n
+                while (length < min(j, end, n + 20)
+                       and r[j - length - 1] == q[end - length - 1]):
+                    length += 1
+                return length
+            best = max(starts[:candidates], key=lambda j: (extent(j), j))
+            expected = (r[best : best + 4], extent(best))
+            break
+    assert index.lookup_in(q, 4) == expected
+
+
+def test_a_reference_drafts_from_the_first_round_and_counts_what_was_kept():
+    from specli.drafters import NgramDrafter
+
+    prompt, predicted = [1, 2, 3, 4, 5, 6, 7, 8, 9], [20, 21, 22, 23, 24, 25]
+    d = NgramDrafter()
+    d.prefill(prompt)
+    assert d.match_len(prompt) == 0  # nothing in the prompt repeats
+    d.set_reference(predicted, anchor=prompt[-8:])
+    assert d.match_len(prompt) == 8 and d.propose(prompt, 4, None).tokens == [20, 21, 22, 23]
+    committed = prompt + [20, 21, 99]  # two kept, the third replaced by the target
+    d.rewind(committed)
+    assert (d.reference_drafted, d.reference_accepted) == (4, 2)
+    assert d.propose(committed, 4, None).tokens == []  # 99 is not in the prediction
+    committed += [22, 23]  # back on the prediction (2 tokens: n_min): drafts on from there
+    assert d.propose(committed, 4, None).tokens == [24, 25]
+    d.set_reference(None)
+    assert d.propose(committed, 4, None).tokens == [] and d.reference_drafted == 0
