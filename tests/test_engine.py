@@ -308,18 +308,32 @@ def test_auto_k_records_its_choice_per_round(models):
     assert done.stats.new_tokens == 60
 
 
-@pytest.mark.parametrize("kind,k", [("ngram", 4), ("auto", 4), ("auto", "auto")])
+@pytest.mark.parametrize("kind,k", [("ngram", 4), ("auto", 4), ("auto", "auto"),
+                                    ("prediction", 4)])
 def test_sampled_distribution_with_point_mass_and_hybrid_drafts(models, kind, k):
-    """n-gram drafts are point masses: the same exactness test as model drafts."""
+    """n-gram drafts are point masses: the same exactness test as model drafts. So are
+    drafts from a predicted output (a server request's `prediction`): here the target's
+    two most likely tokens in turn, drafted from the first round on."""
     target, draft = models
     cfg = SamplingConfig(temperature=1.0, top_k=6, top_p=1.0, min_p=0.0)
-    prompt = target.tokenize(REPEATING, add_special=False)
+    # A prediction is drafted from where the context has no longer match: a prompt that
+    # does not repeat itself.
+    text = "Hello, world! How are you today?" if kind == "prediction" else REPEATING
+    prompt = target.tokenize(text, add_special=False)
     joint = exact_two_token_distribution(target, prompt, cfg)
+    likely = list(max(joint, key=joint.get))
     n = 1500
     counts = Counter()
+    drafted_from_prediction = 0
     for seed in range(n):
-        drafter = make_drafter(kind, draft, cfg, target.n_vocab)
+        drafter = make_drafter("ngram" if kind == "prediction" else kind, draft, cfg,
+                               target.n_vocab)
+        if kind == "prediction":
+            drafter.set_reference(likely + likely, anchor=prompt[-8:])
         _, done = run_with(target, drafter, prompt, k, sampling=cfg, max_tokens=2, seed=seed)
         counts[tuple(done.tokens[:2])] += 1
+        drafted_from_prediction += getattr(drafter, "reference_drafted", 0)
     chi2, crit, dof = chi_square(counts, joint, n)
     assert chi2 < crit, f"chi2={chi2:.1f} >= {crit:.1f} (dof={dof})"
+    if kind == "prediction":
+        assert drafted_from_prediction >= n  # every run's first round drafted from it
