@@ -89,7 +89,7 @@ class Access:
     def any_origin(self) -> bool:
         return any(o.strip() == "*" for o in self.origins)
 
-    @property
+    @cached_property
     def origin_regex(self) -> str:
         extra = [origin_pattern(o) for o in self.origins if o.strip() != "*"]
         return "(?i)(" + "|".join([*_LOCAL_ORIGINS, *extra]) + ")"

@@ -171,16 +171,10 @@ def parse_chat(data: dict, defaults: Defaults) -> Job:
 
 
 def _prediction(p: Prediction) -> str | None:
-    if isinstance(p.content, str):
-        return p.content or None
-    texts = []
-    for j, part in enumerate(p.content):
-        if part.type != "text" or not isinstance(part.text, str):
-            raise bad_request(f"prediction.content[{j}]: only text parts are supported "
-                              f"(got type {part.type!r})", f"prediction.content[{j}]",
-                              code="unsupported_parameter")
-        texts.append(part.text)
-    return "".join(texts) or None
+    content = p.content
+    if not isinstance(content, str):
+        content = _texts(content, "prediction.content", "")
+    return content or None
 
 
 def parse_completion(data: dict, defaults: Defaults) -> Job:
@@ -241,14 +235,19 @@ def _content(i: int, content, role: str) -> str:
         raise bad_request(f"messages[{i}].content: required", f"messages[{i}].content")
     if isinstance(content, str):
         return content
+    return _texts(content, f"messages[{i}].content", "\n")
+
+
+def _texts(parts: list[TextPart], param: str, sep: str) -> str:
+    """Content given as parts: their texts joined by `sep`; 400 for any other kind."""
     texts = []
-    for j, part in enumerate(content):
+    for j, part in enumerate(parts):
         if part.type != "text" or not isinstance(part.text, str):
-            raise bad_request(f"messages[{i}].content[{j}]: only text parts are supported "
-                              f"(got type {part.type!r})", f"messages[{i}].content[{j}]",
+            raise bad_request(f"{param}[{j}]: only text parts are supported "
+                              f"(got type {part.type!r})", f"{param}[{j}]",
                               code="unsupported_parameter")
         texts.append(part.text)
-    return "\n".join(texts)
+    return sep.join(texts)
 
 
 def _job(body: _Common, defaults: Defaults, kind, *, messages, prompt, max_tokens) -> Job:
