@@ -109,9 +109,10 @@ class Reply:
         drafter, self.policy = conv.drafter_policy(
             spec, sampling, drafter_name, prediction=prediction,
             anchor=tokens[-PREDICTION_ANCHOR:])
-        # Drafting from the prediction goes through the n-gram drafter (auto or ngram).
-        self._reference = (conv._ngram if prediction and conv._ngram is not None
-                           and conv._ngram.reference is not None else None)
+        # The n-gram drafter holds this reply's prediction, if it drafts from one (auto or
+        # ngram, K > 0: drafter_policy sets or clears it for every reply).
+        ngram = conv._ngram
+        self._reference = ngram if ngram is not None and ngram.reference is not None else None
         # --strict: batch-invariant verify calls. First: measuring them may use the target.
         chunk = conv.gen.strict_chunk(spec, self.policy, len(tokens))
         self.conv, self.prompt_tokens = conv, len(tokens)
