@@ -19,7 +19,7 @@ import contextlib
 import numpy as np
 
 from specli.config import SamplingConfig
-from specli.numerics import measure, total_variation
+from specli.core.numerics import measure, total_variation
 
 PROMPTS = {
     'raw "A cat. The cat sat. … The cat"': ("A cat. The cat sat. The cat sat on the mat. The cat sat "
@@ -95,7 +95,7 @@ def settings(lc, backend, placement, *, plain=False, flash=None, ubatch=None):
 def settings_table(path: str) -> str:
     import llama_cpp
 
-    from specli import backend, placement
+    from specli.llama import backend, placement
 
     rows = [("default (CPU_REPACK for Q4_K, 2 threads, flash attention auto)", {}, 2, 512),
             ("plain CPU buffers (no CPU_REPACK)", {"plain": True}, 2, 512),
@@ -123,7 +123,7 @@ def main() -> None:
     args = ap.parse_args()
     from busy_machine import default_target
 
-    from specli.backend import LlamaModel
+    from specli.llama.backend import LlamaModel
 
     path = args.target or default_target()
     m = LlamaModel(path, n_ctx=1024)

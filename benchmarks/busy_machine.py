@@ -29,10 +29,10 @@ from pathlib import Path
 GOVERNED = "governed threads (specli)"  # libgomp's spin; specli/threads.py sheds threads
 PROBE = r"""
 import sys, time, numpy as np
-from specli.backend import LlamaModel
+from specli.llama.backend import LlamaModel
 m = LlamaModel(sys.argv[1], n_ctx=512, n_threads=int(sys.argv[2]))
 if sys.argv[4:] == ["govern"]:
-    from specli.threads import governor_for
+    from specli.llama.threads import governor_for
     governor_for([m], threads_given=False)
 tok = m.tokenize("def quicksort(items):\n")
 row = m.decode(tok, 1)[0]
@@ -86,7 +86,7 @@ def llama_bench_tps(bin_dir: Path, target: str, threads: int, tokens: int, env: 
 
 
 def default_target() -> str:
-    from specli import registry
+    from specli.models import registry
 
     reg = registry.load_registry()
     target, _ = registry.pair_models(reg, reg.default_pair)

@@ -42,7 +42,7 @@ LLAMA_SIZE_N, LLAMA_SIZE_M = 12, 48  # llama-server's ngram-simple defaults (com
 
 def replay(prompt, out, t_v, choose, observe=None, min_match=3):
     """Seconds and rounds to produce `out` after `prompt`; choose(match, avail) -> K."""
-    from specli.drafters import NgramDrafter
+    from specli.core.drafters import NgramDrafter
 
     drafter = NgramDrafter()
     committed = list(prompt)
@@ -111,7 +111,7 @@ def extended(t_v, n_max):
 
 
 def auto_policy(t_v):
-    from specli.costs import AutoK
+    from specli.core.policy import AutoK
 
     policy = AutoK(8)
     policy.seed(dict(enumerate(t_v, start=1)))
@@ -137,7 +137,7 @@ def oracle(t_v):
 
 def generate(loaded, items, max_tokens):
     from specli.config import SamplingConfig, SpecConfig
-    from specli.engine import Done, speculative_generate
+    from specli.core.engine import Done, speculative_generate
     from specli.prompt import build_prompt
 
     sampling = SamplingConfig(temperature=0.0)
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="write per-prompt figures here")
     args = ap.parse_args(argv)
 
-    from specli.suites import load_prompts_file, load_suite
+    from specli.bench.suites import load_prompts_file, load_suite
 
     items = load_prompts_file(args.prompts) if args.prompts else load_suite(args.suite)
     cached = {}
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     t_v = cached.get("__t_v__", {}).get("t_v")
     todo = [it for it in items if it.id not in cached]
     if todo or t_v is None:
-        from specli.bench import calibrate
+        from specli.bench.calibration import calibrate
         from specli.config import RuntimeConfig, SamplingConfig
         from specli.session import load_models, resolve_paths
 

@@ -92,8 +92,9 @@ class _LibProxy:
 
 def instrument(timers: Timers, target, draft):
     """Wrap the loop's functions; returns an undo callable."""
-    from specli import drafters, engine, render
-    from specli.backend import LlamaModel
+    from specli.core import drafters, engine
+    from specli.views import render
+    from specli.llama.backend import LlamaModel
 
     undo = []
 
@@ -181,14 +182,15 @@ def format_breakdown(rows: list[dict], title: str) -> str:
 def generate(loaded, tokens, sampling, k: int, n: int, view=None):
     """One generation, a fresh drafter; feeds rounds to `view` if given. Returns Done."""
     from specli.config import SpecConfig
-    from specli.engine import Done, speculative_generate
-    from specli.session import make_drafter, make_policy
+    from specli.core.engine import Done, speculative_generate
+    from specli.session import make_drafter
+    from specli.core.policy import make_policy
 
     spec = SpecConfig(k=k, max_tokens=n, seed=0, drafter="model")
     d = make_drafter(loaded, "model", sampling) if k else None
     done = None
     for ev in speculative_generate(loaded.target, d, tokens, sampling, spec,
-                                   policy=make_policy(spec, d), n_vocab=loaded.n_vocab):
+                                   policy=make_policy(spec), n_vocab=loaded.n_vocab):
         if isinstance(ev, Done):
             done = ev
         elif view is not None:
@@ -199,7 +201,7 @@ def generate(loaded, tokens, sampling, k: int, n: int, view=None):
 def live_view():
     from rich.console import Console
 
-    from specli.render import LiveView
+    from specli.views.render import LiveView
 
     console = Console(file=io.StringIO(), force_terminal=True, width=100, color_system="truecolor")
     return LiveView(console, mode="rejected", k_label="3")
@@ -219,7 +221,7 @@ def profile_setting(loaded, tokens, sampling, k, n, repeats, use_cprofile=False)
         timers.active = True
         with live_view() as view:
             # Charge only the decode phase: drop what the prefill spent before round 1.
-            from specli import engine
+            from specli.core import engine
 
             orig_prefill = engine._Run._prefill
 
@@ -286,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from specli.bench import peak_rss_mib
+    from specli.bench.machine import peak_rss_mib
     from specli.config import RuntimeConfig, SamplingConfig
     from specli.prompt import build_prompt
     from specli.session import ModelPaths, load_models, resolve_paths
@@ -300,7 +302,7 @@ def main(argv=None) -> int:
     if args.prompt:
         text = args.prompt
     else:
-        from specli.suites import load_suite
+        from specli.bench.suites import load_suite
 
         text = load_suite(args.suite)[args.index].prompt
     tokens, _ = build_prompt(loaded.target, text)

@@ -446,7 +446,7 @@ def print_report(summary: dict, loads: list[dict], llama_names: list[str]) -> No
 
 def load_prompts(a) -> list[tuple[str, str, str]]:
     """(suite, prompt text, id) for each prompt source in --prompts."""
-    from specli.suites import load_prompts_file, load_suite
+    from specli.bench.suites import load_prompts_file, load_suite
 
     out = []
     for name in a.prompts:

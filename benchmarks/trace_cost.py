@@ -5,7 +5,7 @@ Runs the same seeded generation with tracing off and on, interleaved, on the rea
 (default: the default pair) at a fixed K, and prints the median decode time per token of
 each, their difference, and the spread. The outputs are checked equal (a trace draws
 nothing). Also prints the per-token cost of building the traces alone (timed around
-specli.trace.build_trace), which is the part of the difference that is not noise.
+specli.core.trace.build_trace), which is the part of the difference that is not noise.
 
 Usage:
   python benchmarks/trace_cost.py [--target T --draft D] [--k 3] [--n 64] [--repeats 3]
@@ -36,10 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_once(loaded, tokens, sampling, k, n, trace):
     """(decode seconds per token, seconds spent building traces, output tokens)."""
-    import specli.trace as tr
+    import specli.core.trace as tr
     from specli.config import SpecConfig
-    from specli.drafters import ModelDrafter
-    from specli.engine import Done, speculative_generate
+    from specli.core.drafters import ModelDrafter
+    from specli.core.engine import Done, speculative_generate
 
     spent = [0.0]
     real = tr.build_trace

@@ -505,7 +505,7 @@ def _own_cpu() -> float:
 
 class Specli:
     """Both models loaded once; each run builds a fresh drafter and policy, like `specli run`
-    (--k auto starts from the costs remembered on this machine, see specli.costcache:
+    (--k auto starts from the costs remembered on this machine, see specli.core.costcache:
     `specli bench` once fills them; SPECLI_COST_CACHE=off measures a cold start)."""
 
     def __init__(self, s: Setup, load_draft: bool = True, fresh_cache: bool = True) -> None:
@@ -523,7 +523,7 @@ class Specli:
         """More samples of t_v(1..n_max) and of the draft's batches of 1..n_max tokens (one
         logits row), decoded after `tokens`, for the decode-cost model (see
         decode_cost_model); the caches end as they began."""
-        from specli.bench import CostSampler
+        from specli.bench.calibration import CostSampler
         from specli.config import SamplingConfig
 
         if self.sampler is None:
@@ -544,8 +544,9 @@ class Specli:
 
     def run(self, tokens: list[int], drafter: str, k) -> dict:
         from specli.config import SamplingConfig, SpecConfig
-        from specli.engine import Done, speculative_generate
-        from specli.session import make_drafter, make_policy
+        from specli.core.engine import Done, speculative_generate
+        from specli.session import make_drafter
+        from specli.core.policy import make_policy
 
         sampling = SamplingConfig(temperature=0.0)
         spec = SpecConfig(k=k, max_tokens=self.n, seed=0, drafter=drafter)
@@ -555,9 +556,9 @@ class Specli:
                 if m is not None:
                     m.reset()
         done = None
-        policy = make_policy(spec, d)
+        policy = make_policy(spec)
         if k == "auto":  # as `specli run` does: start from the costs remembered on this machine
-            from specli.costcache import CostCache, remember, seed_policy
+            from specli.core.costcache import CostCache, remember, seed_policy
 
             costs = CostCache.open()
             seed_policy(policy, costs, self.loaded.target, self.loaded.draft)
@@ -668,7 +669,7 @@ def _parse_ngram_ks(text: str) -> list:
 
 
 def _load_prompts(spec: str, limit: int | None):
-    from specli.suites import SUITE_NAMES, load_prompts_file, load_suite
+    from specli.bench.suites import SUITE_NAMES, load_prompts_file, load_suite
 
     prompts = load_suite(spec) if spec in (*SUITE_NAMES, "all") else load_prompts_file(spec)
     return prompts[:limit] if limit else prompts
@@ -754,7 +755,7 @@ def main(argv=None) -> int:
         calib = sp.calibration()
     finally:
         sp.close()
-    from specli.bench import peak_rss_mib
+    from specli.bench.machine import peak_rss_mib
 
     summary = summarize(rows, [] if args.no_draft_comparison else ks, ngram_ks, args.max_foreign,
                         calib)

@@ -278,7 +278,7 @@ def _read_more(read: Callable[[str], str]) -> str:
 
 # --- the session ------------------------------------------------------------------------
 class ChatSession:
-    """A conversation with a loaded pair (a cli.common.Generation), one reply per turn."""
+    """A conversation with a loaded pair (a session.Generation), one reply per turn."""
 
     def __init__(self, gen, *, out, err, system: str | None = None,
                  transcript: Transcript | None = None, save_path: Path | None = None,
@@ -413,8 +413,8 @@ class ChatSession:
         return turn
 
     def _stream(self, reply, spec):
-        from specli.engine import Done
-        from specli.render import LiveView
+        from specli.core.engine import Done
+        from specli.views.render import LiveView
 
         mode = self.show if self.interactive and self.out.is_terminal else "plain"
         view = LiveView(self.out, mode=mode, k_label=str(spec.k), footer=self.live_footer)
@@ -436,7 +436,7 @@ class ChatSession:
             self._error(e)
             return None
         if done is None:  # interrupted where the engine could not answer with a Done
-            from specli.engine import Stats
+            from specli.core.engine import Stats
 
             done = Done("interrupted", (), "".join(text), Stats(), "interrupted")
         return done
@@ -456,7 +456,7 @@ class ChatSession:
 
     def _thread_note(self) -> None:
         """Say so when the governor changed the threads during this turn (specli/threads.py)."""
-        from specli.threads import thread_note
+        from specli.llama.threads import thread_note
 
         gov = getattr(self.target, "governor", None)
         if gov is None:

@@ -52,7 +52,7 @@ class SpecConfig:
     seed: int = 0
     drafter: DrafterName = "model"
     k_max: int = 8  # upper bound used by k="auto"
-    strict: bool = False  # verify in batch-invariant chunks (see specli.numerics)
+    strict: bool = False  # verify in batch-invariant chunks (see specli.core.numerics)
 
     def __post_init__(self) -> None:
         if self.k != "auto" and not (isinstance(self.k, int) and 0 <= self.k <= K_MAX):

@@ -104,8 +104,6 @@ class Reply:
     def __init__(self, conv: "Conversation", tokens: list[int], spec: SpecConfig,
                  sampling: SamplingConfig, drafter_name: str | None = None,
                  trace: bool = False, prediction: Sequence[int] | None = None) -> None:
-        from specli.engine import speculative_generate
-
         drafter, self.policy = conv.drafter_policy(
             spec, sampling, drafter_name, prediction=prediction,
             anchor=tokens[-PREDICTION_ANCHOR:])
@@ -114,7 +112,8 @@ class Reply:
         ngram = conv._ngram
         self._reference = ngram if ngram is not None and ngram.reference is not None else None
         # --strict: batch-invariant verify calls. First: measuring them may use the target.
-        chunk = conv.gen.strict_chunk(spec, self.policy, len(tokens))
+        if spec.strict and spec.k != 0:
+            conv.gen.verify_chunk()
         self.conv, self.prompt_tokens = conv, len(tokens)
         target = conv.target
         # A saved state of an earlier prompt may share more with this one than the live
@@ -124,15 +123,14 @@ class Reply:
         # Keep the longest cached prefix now, to count what is evaluated; the engine's own
         # reuse_prefix then finds nothing more to drop.
         self.prompt_evaluated = len(tokens) - target.reuse_prefix(tokens)
-        self.draft_model = _draft_model(drafter) if spec.k != 0 else None
+        self.draft_model = drafter.draft_model if drafter is not None else None
         if self.draft_model is not None:
             conv.prompt_states(self.draft_model).prepare(self.draft_model, tokens)
         self.restore_seconds = time.perf_counter() - t0  # part of the prompt's time
         self._draft_reused = (self.draft_model.reuse_prefix(tokens)
                               if self.draft_model is not None else 0)
-        self.events = speculative_generate(target, drafter, tokens, sampling, spec,
-                                           policy=self.policy, n_vocab=conv.gen.loaded.n_vocab,
-                                           verify_chunk=chunk, trace=trace)
+        self.events = conv.gen.generate(tokens, spec=spec, sampling=sampling, trace=trace,
+                                        drafter=drafter, policy=self.policy, remember=False)
 
     @property
     def draft_evaluated(self) -> int | None:
@@ -178,7 +176,7 @@ class Reply:
 
 
 class Conversation:
-    """A loaded pair (a cli.common.Generation) answering conversations, one reply at a time.
+    """A loaded pair (a session.Generation) answering conversations, one reply at a time.
 
     Holds what carries over between replies: the chat template and, per K and sampling
     setting, the --k auto policy with what it measured. The KV caches live in the models.
@@ -201,7 +199,7 @@ class Conversation:
         compile the chat template, import the engine, and make the default K policy (which
         reads the remembered costs). Measured on the default pair: 75 ms off the first
         request of a server (20 ms template, 20 ms policy, the rest imports)."""
-        import specli.engine  # noqa: F401
+        import specli.core.engine  # noqa: F401
 
         try:
             self.tokens([{"role": "user", "content": "Hi"}])
@@ -280,23 +278,21 @@ class Conversation:
             self._ngram.set_reference(None)  # a prediction is one reply's only
         if spec.k == 0:
             return None, None
-        from specli.drafters import NgramDrafter
-        from specli.session import make_drafter
+        from specli.core.drafters import NgramDrafter, drafter_kind
 
         name = drafter_name or self.gen.drafter_name
         if self._ngram is None:
             self._ngram = NgramDrafter()
-        if prediction and name in ("ngram", "auto"):
+        if prediction and drafter_kind(name).predictions:
             self._ngram.set_reference(prediction, anchor)
-        drafter = make_drafter(self.gen.loaded, name, sampling, ngram=self._ngram)
+        drafter = self.gen.drafter(sampling, name, ngram=self._ngram)
         key = (spec.k, spec.k_max, name, sampling)
         if key not in self._policies:
-            self._policies[key] = self.gen.policy(spec, drafter)  # --k auto: remembered costs
+            self._policies[key] = self.gen.policy(spec)  # --k auto: remembered costs
             while len(self._policies) > MAX_POLICIES:  # a server sees any number of settings
                 self._policies.pop(next(iter(self._policies)))
         policy = self._policies[key]
-        if hasattr(policy, "new_reply"):  # --k auto: costs carry over, n-gram acceptance not
-            policy.new_reply()
+        policy.new_reply()  # --k auto: costs carry over, n-gram acceptance does not
         return drafter, policy
 
 
@@ -335,14 +331,6 @@ class ReplyMemory:
 
 
 # --- KV bookkeeping after an interrupt ----------------------------------------------------
-def _draft_model(drafter):
-    """The draft LlamaModel a drafter decodes with, or None (n-gram drafting)."""
-    if drafter is None:
-        return None
-    return getattr(drafter, "model", None) or getattr(
-        getattr(drafter, "model_drafter", None), "model", None)
-
-
 def _drop_uncounted_cells(model) -> None:
     """After an interrupt, make the KV cache hold exactly `model.tokens` again.
 

@@ -41,7 +41,7 @@ def versions() -> dict:
 
 
 def cpu() -> dict:
-    from specli.backend import physical_cores, system_info
+    from specli.llama.backend import physical_cores, system_info
 
     flags, model = set(), platform.processor()
     try:
@@ -60,7 +60,7 @@ def cpu() -> dict:
 
 
 def gpu() -> dict:
-    from specli.backend import gpu_devices, resolve_gpu_layers, supports_gpu_offload
+    from specli.llama.backend import gpu_devices, resolve_gpu_layers, supports_gpu_offload
 
     return {"offload_supported": supports_gpu_offload(), "devices": gpu_devices(),
             "default_n_gpu_layers": resolve_gpu_layers(None)}
@@ -69,8 +69,8 @@ def gpu() -> dict:
 def threads() -> dict:
     """Threads per model, and the OpenMP settings llama.cpp's workers run with (the user's;
     specli sets none). Threads specli chose follow the machine's load: specli/threads.py."""
-    from specli.backend import physical_cores
-    from specli.threads import CpuSampler
+    from specli.llama.backend import physical_cores
+    from specli.llama.threads import CpuSampler
 
     env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
            if k in os.environ}
@@ -79,7 +79,7 @@ def threads() -> dict:
 
 
 def default_pair() -> dict:
-    from specli import registry
+    from specli.models import registry
 
     reg = registry.load_registry()
     target, draft = registry.pair_models(reg, reg.default_pair)
@@ -92,8 +92,8 @@ def default_pair() -> dict:
 
 
 def buffer_types(pair: dict) -> dict:
-    from specli import placement
-    from specli.backend import cpu_extra_bufts, plan_placement, resolve_gpu_layers
+    from specli.llama import placement
+    from specli.llama.backend import cpu_extra_bufts, plan_placement, resolve_gpu_layers
 
     out = {"extra_bufts": list(cpu_extra_bufts()), "allow_amx_env": placement.amx_allowed()}
     for role in ("target", "draft"):
@@ -106,9 +106,9 @@ def buffer_types(pair: dict) -> dict:
 
 def probe(pair: dict, n_threads: int | None = None, numerics_n_max: int = 9) -> dict:
     """Load the default pair and measure t_v(1), t_v(4), t_d and the batch-numerics gap."""
-    from specli.backend import LlamaModel
-    from specli.bench import _time_batches
-    from specli.numerics import measure, measure_lengths
+    from specli.llama.backend import LlamaModel
+    from specli.bench.calibration import time_batches
+    from specli.core.numerics import measure, measure_lengths
 
     paths = [(pair.get(r) or {}).get("path") for r in ("target", "draft")]
     if not all(paths):
@@ -117,8 +117,8 @@ def probe(pair: dict, n_threads: int | None = None, numerics_n_max: int = 9) -> 
             LlamaModel(paths[1], n_ctx=512, n_threads=n_threads) as draft:
         ctx = target.tokenize(PROBE_CONTEXT)
         med = statistics.median
-        t_v = {n: med(ts) for n, ts in _time_batches(target, ctx, (1, 2, 3, 4, 5), 5).items()}
-        t_d = med(_time_batches(draft, ctx, (1,), 5, all_logits=False)[1])
+        t_v = {n: med(ts) for n, ts in time_batches(target, ctx, (1, 2, 3, 4, 5), 5).items()}
+        t_d = med(time_batches(draft, ctx, (1,), 5, all_logits=False)[1])
         numerics = measure(target, numerics_n_max)
         numerics.invariant_by_length = measure_lengths(target, 4)
         out = {"target": {"device": target.device, "buffers_mib": target.buffers,
@@ -136,8 +136,7 @@ def probe(pair: dict, n_threads: int | None = None, numerics_n_max: int = 9) -> 
 def auto_verdict(t_v: dict[int, float], t_d: float) -> dict:
     """What --k auto concludes from these costs: the best K and speedup at each acceptance
     rate, and the acceptance model drafting needs to pay at all."""
-    from specli.bench import break_even_alpha
-    from specli.costs import predicted_speedup
+    from specli.core.costs import break_even_alpha, predicted_speedup
 
     k_max = max(t_v) - 1
     curve = [t_v[n] for n in sorted(t_v)]

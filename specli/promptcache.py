@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Sequence
 
-from specli.backend import common_prefix
+from specli.core.ngram import common_prefix
 from specli.config import PROMPT_CACHE_BYTES
 from specli.errors import ModelError
 

@@ -39,7 +39,7 @@ def isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     config_home = tmp_path_factory.mktemp("xdg-config")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
     monkeypatch.delenv("SPECLI_MODELS", raising=False)
-    # Remembered costs (specli.costcache) go to a fresh file per test, never ~/.cache.
+    # Remembered costs (specli.core.costcache) go to a fresh file per test, never ~/.cache.
     monkeypatch.setenv("SPECLI_COST_CACHE", str(config_home / "costs.json"))
     return config_home
 

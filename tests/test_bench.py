@@ -10,10 +10,12 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from specli.bench import (PAYS, Calibration, Variant, break_even_alpha, make_variants,
-                          parse_drafters, parse_k_list, plan, summarize)
+from specli.bench.calibration import Calibration
+from specli.bench.plan import Variant, make_variants, parse_drafters, parse_k_list, plan
+from specli.bench.summary import PAYS, summarize
+from specli.core.costs import break_even_alpha
 from specli.errors import UsageError
-from specli.suites import Prompt
+from specli.bench.suites import Prompt
 
 # --------------------------------------------------------------------------- --k parsing
 
@@ -83,7 +85,7 @@ def test_calibration_interpolates_draft_batches_and_replays_catchups():
     # round 1: t_v(3) + 2 t_d (lag 1: no catch-up); all accepted, so the lag becomes 2
     # round 2: the target alone, t_v(1); the draft falls one more token behind (lag 3)
     # round 3: t_v(3) + 2 t_d + catch-up of 3 tokens, t_db(3) - t_db(1) = 0.3
-    from specli.bench import _replay
+    from specli.bench.summary import _replay
 
     assert _replay([row], calib) == pytest.approx(6 * 1.0 / (3.0 + 1.0 + 3.3))
 
@@ -124,7 +126,7 @@ def test_summary_speedup_is_the_median_of_paired_ratios_and_says_when_it_does_no
     ((9.0, 18.0, 27.0), {"k": 0, "drafter": None}),  # 0.90x: auto costs, so the target alone
 ])
 def test_when_nothing_pays_auto_is_advised_only_if_it_kept_up(auto_tps, advice):
-    from specli.render_bench import recommendation
+    from specli.views.render_bench import recommendation
 
     rows = []
     for i, (p, base, tps) in enumerate(zip("abc", (10.0, 20.0, 30.0), auto_tps)):

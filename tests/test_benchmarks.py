@@ -121,7 +121,7 @@ def test_decode_cost_model_counts_the_native_draft_batch_and_specli_catch_ups(vs
 
 
 def test_summarize_adds_the_decode_cost_model_with_a_calibration(vs):
-    from specli.bench import Calibration
+    from specli.bench.calibration import Calibration
 
     calib = Calibration((0.03, 0.05, 0.07, 0.09), 0.02, 3, 40, {1: 0.02, 2: 0.03, 4: 0.04})
     rows = [_row("native", "draft-simple", 3, "a", 0, 20.0),

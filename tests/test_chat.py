@@ -15,10 +15,11 @@ import pytest
 from test_cli_run import default_sigint
 from rich.console import Console
 
-from specli.backend import LlamaModel
+from specli.llama.backend import LlamaModel
 from specli.chat import (ChatSession, LineCancelled, Transcript, load_transcript, read_message,
                          save_transcript)
-from specli.cli.common import Generation
+from specli.cli.common import RichReporter
+from specli.session import Generation
 from specli.config import SamplingConfig, SpecConfig
 from specli.errors import UsageError
 from specli.session import Loaded, ModelPaths
@@ -76,7 +77,8 @@ def make_session(loaded, paths, *, k=4, temperature=0.0, max_tokens=12, drafter=
                  interactive=True, **kw) -> ChatSession:
     err = console()
     gen = Generation(loaded, paths, SamplingConfig(temperature=temperature),
-                     SpecConfig(k=k, max_tokens=max_tokens, seed=0, drafter=drafter), drafter, err)
+                     SpecConfig(k=k, max_tokens=max_tokens, seed=0, drafter=drafter), drafter,
+                     RichReporter(err))
     return ChatSession(gen, out=console(), err=err, interactive=interactive, **kw)
 
 
@@ -505,7 +507,7 @@ def real_loaded(real_pair):
 
 
 def test_real_pair_two_turns(real_loaded):
-    from specli.engine import speculative_generate
+    from specli.core.engine import speculative_generate
 
     loaded, paths = real_loaded
     s = make_session(loaded, paths, max_tokens=32)
@@ -570,7 +572,7 @@ def test_real_pair_ctrl_c_mid_reply_in_a_pseudo_terminal(real_pair, tmp_path):
 def test_each_reply_starts_from_the_match_priors(loaded, paths, monkeypatch):
     """The conversation core keeps one --k auto policy per setting across replies; each
     reply resets its n-gram match acceptance (costs carry over), see NgramPolicy.new_reply."""
-    from specli.costs import AutoK
+    from specli.core.policy import AutoK
 
     monkeypatch.setenv("SPECLI_COST_CACHE", "off")
     calls = []
@@ -602,7 +604,7 @@ def test_a_prediction_is_drafted_from_and_changes_nothing(loaded, paths, drafter
     is accepted nearly whole, a wrong one costs rounds only; the tokens never change."""
     import dataclasses
 
-    from specli.engine import Done
+    from specli.core.engine import Done
 
     monkeypatch.setenv("SPECLI_COST_CACHE", "off")
     s = make_session(loaded, paths, k=4, drafter=drafter, max_tokens=48)

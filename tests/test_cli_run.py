@@ -142,7 +142,7 @@ def test_help_has_examples_and_does_not_import_llama():
     code = ("import sys; from specli.cli import app; "
             "assert 'llama_cpp' not in sys.modules, 'help imported llama_cpp'")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
-    code = ("import sys, specli.engine; "
+    code = ("import sys, specli.core.engine; "
             "assert not {'rich', 'typer'} & set(sys.modules), 'engine imported UI modules'")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
@@ -172,7 +172,7 @@ def test_ctrl_c_keeps_output_and_prints_stats(real_pair):
 
 def test_draft_option_accepts_a_drafter_name(tiny_target, tmp_path):
     """`--draft ngram` / `--draft auto` name a drafter (the issue's spelling), not a model."""
-    from specli.cli.common import split_draft_option
+    from specli.session import split_draft_option
 
     assert split_draft_option("auto", "model") == (None, "auto")
     assert split_draft_option("NGRAM", "auto") == (None, "ngram")

@@ -13,7 +13,7 @@ import pytest
 # module constants at import, and other tests (conftest's real_pair) rely on the real ones.
 import huggingface_hub.constants  # noqa: E402,F401
 
-from specli import compat
+from specli.models import compat
 from specli.errors import CompatibilityError, ModelError
 from tinymodels import IM_END, n_vocab_base, special_id, vocab_tokens
 

@@ -11,8 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from specli.costcache import CostCache, default_path, model_key, remember, seed_policy
-from specli.costs import AutoK, VerifyCost
+from specli.core.costcache import CostCache, default_path, model_key
+from specli.core.policy import remember, seed_policy
+from specli.core.costs import VerifyCost
+from specli.core.policy import AutoK
 
 
 def fake_model(path: Path, threads: int = 2):

@@ -9,16 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specli.costs import (
-    AcceptanceRate,
-    KPolicy,
-    VerifyCost,
-    WindowedMedian,
-    best_k,
-    expected_tokens,
-    predicted_speedup,
-    tokens_per_second,
-)
+from specli.core.costs import (AcceptanceRate, VerifyCost, WindowedMedian, best_k, expected_tokens,
+                               predicted_speedup, tokens_per_second)
+from specli.core.policy import KPolicy
 
 T1 = 0.032  # seconds per target token, as measured for the 1.5B target on the CPU
 
@@ -405,7 +398,8 @@ def test_policy_greedy_k_matches_pure_best_k(alpha, t_d, k_max):
 
 # --------------------------------------------------------------------------- n-gram drafts
 
-from specli.costs import AutoK, MatchAcceptance, NgramPolicy, match_prior  # noqa: E402
+from specli.core.costs import MatchAcceptance, match_prior  # noqa: E402
+from specli.core.policy import AutoK, NgramPolicy  # noqa: E402
 
 
 def stepped_curve(n: int) -> float:

@@ -85,7 +85,7 @@ def test_openmp_wait_settings_are_the_users_own(given, spincount, policy):
     import sys
 
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    code = ("import json, os; from specli.backend import _llama; _llama(); "
+    code = ("import json, os; from specli.llama.backend import _llama; _llama(); "
             "from specli.doctor import threads; print(json.dumps(threads()['env']))")
     out = subprocess.run([sys.executable, "-c", code], env=env | given, capture_output=True,
                          text=True, timeout=120)

@@ -17,7 +17,7 @@ import pytest
 import huggingface_hub.constants  # noqa: E402,F401
 
 from hubserver import HubServer
-from specli import registry
+from specli.models import registry
 from specli.errors import DownloadError
 from test_compat import run_cli
 

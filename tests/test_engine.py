@@ -7,12 +7,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from specli.backend import LlamaModel
+from specli.llama.backend import LlamaModel
 from specli.config import SamplingConfig, SpecConfig
-from specli.drafters import ModelDrafter
-from specli.engine import Done, Round, speculative_generate
+from specli.core.drafters import ModelDrafter
+from specli.core.engine import Done, Round, speculative_generate
 from specli.errors import ContextFullError
-from specli.sampling import warp
+from specli.core.sampling import warp
 
 GREEDY = SamplingConfig(temperature=0.0)
 PROMPTS = ["The quick brown fox", "Once upon a time there was", "def main():\n    x = 1"]
@@ -246,7 +246,7 @@ REPEATING = "the cat sat on the mat. the cat sat on the mat. the cat sat on the"
 
 
 def make_drafter(kind, draft, sampling, n_vocab):
-    from specli.drafters import HybridDrafter, NgramDrafter
+    from specli.core.drafters import HybridDrafter, NgramDrafter
 
     if kind == "ngram":
         return NgramDrafter(n_min=1)
@@ -257,12 +257,12 @@ def make_drafter(kind, draft, sampling, n_vocab):
 def run_with(target, drafter, prompt, k, sampling=GREEDY, max_tokens=48, seed=0):
     from dataclasses import replace
 
-    from specli.session import make_policy
+    from specli.core.policy import make_policy
 
     tokens = target.tokenize(prompt, add_special=False) if isinstance(prompt, str) else list(prompt)
     spec = SpecConfig(k=k, max_tokens=max_tokens, seed=seed)
     events = list(speculative_generate(target, drafter, tokens, sampling, spec,
-                                       policy=make_policy(replace(spec), drafter)))
+                                       policy=make_policy(replace(spec))))
     return events[:-1], events[-1]
 
 
@@ -283,7 +283,7 @@ def test_hybrid_decodes_the_prompt_in_the_draft_only_when_it_drafts(models):
     """The hybrid drafter's draft model decodes the prompt on first use: a generation that
     never drafts with the model (here K = 0 is forced) leaves the draft's cache as it was
     (only the matching prefix kept); one that does catches up and matches the target alone."""
-    from specli.drafters import HybridDrafter, NgramDrafter
+    from specli.core.drafters import HybridDrafter, NgramDrafter
 
     target, draft = models
     prompt = target.tokenize(PROMPTS[0], add_special=False)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from specli.errors import UsageError
-from specli.explain import (check_dist, chi2_sf, chi_square, parse_probs, sample_step,
+from specli.core.explain import (check_dist, chi2_sf, chi_square, parse_probs, sample_step,
                             step_table)
 
 P = "0.4,0.5,0.05,0.05"
@@ -102,7 +102,7 @@ def test_cli_json_and_samples():
 
 def test_cli_logits_are_warped_like_the_engine():
     from specli.config import SamplingConfig
-    from specli.sampling import warp
+    from specli.core.sampling import warp
     import numpy as np
 
     r = specli("explain", "--logits-p", "2,1.5,0,-1", "--logits-q", "1.8,1.9,0.2,-2",
@@ -141,10 +141,10 @@ def test_cli_normalize():
 
 
 def _engine_rounds(target_path, draft_path, tokens, k, seed, temperature, n):
-    from specli.backend import LlamaModel
+    from specli.llama.backend import LlamaModel
     from specli.config import SamplingConfig, SpecConfig
-    from specli.drafters import ModelDrafter
-    from specli.engine import Round, speculative_generate
+    from specli.core.drafters import ModelDrafter
+    from specli.core.engine import Round, speculative_generate
 
     sampling = SamplingConfig(temperature=temperature)
     t = LlamaModel(target_path, n_ctx=512, n_threads=1)

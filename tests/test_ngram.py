@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specli.ngram import NgramIndex
+from specli.core.ngram import NgramIndex
 
 
 def build(tokens, n_max=4, n_min=1) -> NgramIndex:
@@ -312,7 +312,7 @@ def test_lookup_in_matches_brute_force(reference, query, candidates):
 
 
 def test_a_reference_drafts_from_the_first_round_and_counts_what_was_kept():
-    from specli.drafters import NgramDrafter
+    from specli.core.drafters import NgramDrafter
 
     prompt, predicted = [1, 2, 3, 4, 5, 6, 7, 8, 9], [20, 21, 22, 23, 24, 25]
     d = NgramDrafter()

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from specli import placement
-from specli.compat import TensorInfo
+from specli.llama import placement
+from specli.models.compat import TensorInfo
 
 Q4_K, Q6_K, F32 = 12, 14, 0
 
@@ -98,7 +98,7 @@ def test_only_layers_left_on_the_cpu_are_overridden(ngl, cpu_blocks, output_on_c
 # --- the backend's reports on this machine -------------------------------------------------
 
 def test_backend_reports_extra_bufts_and_repack_answers():
-    from specli import backend
+    from specli.llama import backend
 
     bufts = backend.cpu_extra_bufts()
     assert all(isinstance(k, str) and v for k, v in bufts.items())
@@ -114,7 +114,7 @@ def test_backend_reports_extra_bufts_and_repack_answers():
 
 
 def test_plan_placement_on_a_tiny_model_matches_the_cpu(tiny_target):
-    from specli import backend
+    from specli.llama import backend
 
     p, bufts = backend.plan_placement(tiny_target, 0)
     assert p.decision == ("avoid-amx" if "AMX" in bufts else "default")
@@ -127,14 +127,14 @@ def test_plan_placement_on_a_tiny_model_matches_the_cpu(tiny_target):
 @pytest.mark.parametrize("supported, given, want", [
     (True, None, -1), (False, None, 0), (True, 0, 0), (True, 5, 5), (False, 7, 7)])
 def test_gpu_layers_default_follows_offload_support(monkeypatch, supported, given, want):
-    from specli import backend
+    from specli.llama import backend
 
     monkeypatch.setattr(backend, "supports_gpu_offload", lambda: supported)
     assert backend.resolve_gpu_layers(given) == want
 
 
 def test_model_load_uses_resolved_default(monkeypatch, tiny_target):
-    from specli import backend
+    from specli.llama import backend
 
     monkeypatch.setattr(backend, "supports_gpu_offload", lambda: False)
     with backend.LlamaModel(tiny_target, n_ctx=64) as m:

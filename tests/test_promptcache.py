@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specli.backend import LlamaModel
+from specli.llama.backend import LlamaModel
 from specli.promptcache import PromptStates, common_prefix
 
 TEXT_A = "the quick brown fox jumps over the lazy dog and runs far away into the green woods " * 2

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from specli.config import SamplingConfig, SpecConfig
-from specli.drafters import ModelDrafter
-from specli.engine import speculative_generate
+from specli.core.drafters import ModelDrafter
+from specli.core.engine import speculative_generate
 from specli.prompt import build_prompt
 
 GREEDY = SamplingConfig(temperature=0.0)
@@ -21,7 +21,7 @@ NEAR_TIE = 0.1  # logit gap under which batch-size numerics may legitimately fli
 
 @pytest.fixture(scope="module")
 def pair(real_pair):
-    from specli.backend import LlamaModel
+    from specli.llama.backend import LlamaModel
 
     draft_path, target_path = real_pair
     t = LlamaModel(target_path, n_ctx=2048)
@@ -72,7 +72,8 @@ COPY_PROMPT = (
 @pytest.mark.parametrize("drafter_name", ["ngram", "auto"])
 def test_greedy_ngram_and_hybrid_auto_equal_target_alone(pair, drafter_name, record_property):
     """Prompt lookup and the hybrid, with --k auto, on a copy-heavy edit: K = 0's tokens."""
-    from specli.session import Loaded, make_drafter, make_policy
+    from specli.session import Loaded, make_drafter
+    from specli.core.policy import make_policy
 
     target, draft = pair
     tokens, _ = build_prompt(target, COPY_PROMPT)
@@ -81,7 +82,7 @@ def test_greedy_ngram_and_hybrid_auto_equal_target_alone(pair, drafter_name, rec
     drafter = make_drafter(loaded, drafter_name, GREEDY)
     spec = SpecConfig(k="auto", max_tokens=72, drafter=drafter_name)
     *_, done = speculative_generate(target, drafter, tokens, GREEDY, spec,
-                                    policy=make_policy(spec, drafter), n_vocab=loaded.n_vocab)
+                                    policy=make_policy(spec), n_vocab=loaded.n_vocab)
     assert done.stats.drafted > 0  # the copy was drafted, not just decoded by the target
     if done.tokens == base.tokens:
         return
@@ -99,7 +100,7 @@ def test_acceptance_on_code_prompt_is_high(pair):
 
 
 def test_vocabularies_are_compatible(real_pair):
-    from specli.compat import check_pair
+    from specli.models.compat import check_pair
 
     draft, target = real_pair
     report = check_pair(draft, target)
@@ -110,8 +111,9 @@ def test_vocabularies_are_compatible(real_pair):
 def test_strict_greedy_equals_target_alone_exactly(pair, drafter_name, prompt):
     """--strict: the same tokens as K = 0, no near-tie allowance, past 256 tokens of context
     too (where the invariant verify size shrinks to 1 on CPUs with the split-KV path)."""
-    from specli.numerics import ChunkRule, measure, measure_lengths
-    from specli.session import Loaded, make_drafter, make_policy
+    from specli.core.numerics import ChunkRule, measure, measure_lengths
+    from specli.session import Loaded, make_drafter
+    from specli.core.policy import make_policy
 
     target, draft = pair
     tokens, _ = build_prompt(target, prompt)
@@ -122,6 +124,6 @@ def test_strict_greedy_equals_target_alone_exactly(pair, drafter_name, prompt):
         drafter = make_drafter(loaded, drafter_name, GREEDY)
         spec = SpecConfig(k=k, max_tokens=200, drafter=drafter_name)
         *_, done = speculative_generate(target, drafter, tokens, GREEDY, spec,
-                                        policy=make_policy(spec, drafter), n_vocab=loaded.n_vocab,
+                                        policy=make_policy(spec), n_vocab=loaded.n_vocab,
                                         verify_chunk=rule)
         assert done.tokens == base.tokens, (drafter_name, k)

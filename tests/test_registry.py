@@ -16,7 +16,7 @@ import pytest
 # module constants at import, and other tests (conftest's real_pair) rely on the real ones.
 import huggingface_hub.constants  # noqa: E402,F401
 
-from specli import registry
+from specli.models import registry
 from specli.errors import ModelError, RegistryError, UsageError
 from test_compat import run_cli
 

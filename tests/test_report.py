@@ -117,7 +117,7 @@ def test_run_html_detail_data(run_html):
 def test_help_does_not_import_the_plotting_library():
     code = ("import sys\nfrom specli.cli import main\nsys.argv = ['specli', '--help']\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print('LOADED' if 'matplotlib' in sys.modules or 'specli.report.html' in sys.modules "
+            "print('LOADED' if 'matplotlib' in sys.modules or 'specli.views.report.html' in sys.modules "
             "else 'CLEAN', file=sys.stderr)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stderr.strip().endswith("CLEAN"), r.stderr

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from specli.config import SamplingConfig
 from specli.errors import UsageError
-from specli.sampling import (Dist, accept_probability, greedy_token, residual, verify,
+from specli.core.sampling import (Dist, accept_probability, greedy_token, residual, verify,
                              verify_greedy, warp)
 
 

@@ -681,7 +681,7 @@ def test_help_does_not_import_the_web_stack():
             "try:\n    app(['serve', '--help'], prog_name='specli')\nexcept SystemExit: pass\n"
             "bad = [m for m in ('fastapi', 'uvicorn', 'starlette', 'llama_cpp') if m in sys.modules]\n"
             "assert not bad, bad\n"
-            "import specli.engine\n"
+            "import specli.core.engine\n"
             "bad = [m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules]\n"
             "assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -698,7 +698,7 @@ def first_split_is_a_near_tie(target_path, prompt: str, base_tokens, served: str
     are within NEAR_TIE (so batch-size numerics may legitimately pick either)."""
     import numpy as np
 
-    from specli.backend import LlamaModel
+    from specli.llama.backend import LlamaModel
     from specli.prompt import build_prompt
 
     model = LlamaModel(target_path, n_ctx=2048)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from specli.config import SamplingConfig, SpecConfig
-from specli.costs import VerifyCost
-from specli.drafters import HybridDrafter, ModelDrafter, NgramDrafter
-from specli.engine import Round, speculative_generate
-from specli.numerics import measure
-from specli.session import make_policy
+from specli.core.costs import VerifyCost
+from specli.core.drafters import HybridDrafter, ModelDrafter, NgramDrafter
+from specli.core.engine import Round, speculative_generate
+from specli.core.numerics import measure
+from specli.core.policy import make_policy
 from test_engine import models  # noqa: F401  (the tiny pair, loaded once per module)
 
 GREEDY = SamplingConfig(temperature=0.0)
@@ -31,7 +31,7 @@ def drafter_for(kind, draft, sampling, n_vocab):
 def run(target, drafter, tokens, k, *, chunk=None, sampling=GREEDY, max_tokens=40, seed=0,
         rows_log=None):
     spec = SpecConfig(k=k, max_tokens=max_tokens, seed=seed)
-    policy = make_policy(spec, drafter)
+    policy = make_policy(spec)
     if chunk and hasattr(policy, "verify"):
         policy.verify.set_chunk(chunk)
     events = list(speculative_generate(target, drafter if k != 0 else None, tokens, sampling, spec,
@@ -63,7 +63,7 @@ def test_chunked_verify_rows_equal_single_token_rows(models, which):
     target, _ = models
     prompt = target.tokenize(PROMPTS[0], add_special=False)
     chunk = 1 if which == "one" else measure(target, 4, prompts=[prompt]).invariant_up_to
-    from specli.engine import _ChunkedRows
+    from specli.core.engine import _ChunkedRows
 
     fed = [prompt[-1], 5, 9, 13, 2, 7]
     target.reset()
@@ -80,7 +80,7 @@ def test_chunked_verify_rows_equal_single_token_rows(models, which):
 def test_chunks_after_a_rejection_are_never_decoded(models):
     target, _ = models
     prompt = target.tokenize(PROMPTS[0], add_special=False)
-    from specli.engine import _ChunkedRows
+    from specli.core.engine import _ChunkedRows
 
     target.reset()
     target.decode(prompt[:-1], 0)
@@ -142,7 +142,7 @@ def test_strict_cost_prices_the_chunk_sequence():
 
 
 def test_chunk_rule_shrinks_where_longer_contexts_measured_smaller():
-    from specli.numerics import ChunkRule
+    from specli.core.numerics import ChunkRule
 
     rule = ChunkRule({0: 3, 256: 1, 512: 1})
     assert rule(0) == 3 and rule(200) == 3 and rule(252) == 3

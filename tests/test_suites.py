@@ -9,7 +9,7 @@ import re
 import pytest
 
 from specli.errors import UsageError
-from specli.suites import SUITE_NAMES, Prompt, load_prompts_file, load_suite
+from specli.bench.suites import SUITE_NAMES, Prompt, load_prompts_file, load_suite
 
 
 @pytest.mark.parametrize("name", SUITE_NAMES)

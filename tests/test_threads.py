@@ -1,4 +1,4 @@
-"""Threads that follow the machine's load (specli.threads): the rule, the /proc/stat
+"""Threads that follow the machine's load (specli.llama.threads): the rule, the /proc/stat
 sampler against a real busy process, and the governor over real llama.cpp models."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from specli.backend import LlamaModel
-from specli.threads import ThreadGovernor, CpuSampler, WINDOW_S, decide, governor_for
+from specli.llama.backend import LlamaModel
+from specli.llama.threads import ThreadGovernor, CpuSampler, WINDOW_S, decide, governor_for
 
 
 @pytest.mark.parametrize("configured, others, n_cpus, want", [
@@ -123,7 +123,7 @@ def test_fewer_threads_decode_the_same_logits(tiny_target):
 
 
 def test_run_says_when_the_governor_lowered_the_threads():
-    from specli.threads import thread_note
+    from specli.llama.threads import thread_note
 
     sampler, target = FakeSampler(), FakeModel()
     assert thread_note(target) is None  # no governor (e.g. --threads given)
@@ -153,12 +153,12 @@ def test_busy_windows_are_reported_once():
 
 
 def test_costs_measured_beside_other_work_are_not_remembered(monkeypatch):
-    """Generation.remember (what --k auto keeps for the next run) skips a busy generation."""
-    import specli.costcache
-    from specli.cli.common import Generation
+    """policy.remember (what --k auto keeps for the next run) skips a busy generation."""
+    import specli.core.costcache
+    from specli.session import Generation
 
     kept = []
-    monkeypatch.setattr(specli.costcache, "remember", lambda *a: kept.append(a))
+    monkeypatch.setattr(specli.core.costcache, "store_measured", lambda *a, **kw: kept.append(a))
     sampler, target = FakeSampler(), FakeModel()
     target.governor = ThreadGovernor([target], sampler=sampler, clock=lambda: sampler.t)
 
@@ -166,7 +166,8 @@ def test_costs_measured_beside_other_work_are_not_remembered(monkeypatch):
         loaded = type("L", (), {"target": target, "draft": None})()
         costs = object()
 
-    policy = type("P", (), {"measured": lambda self: ({}, None)})()
+    policy = type("P", (), {"measured": lambda self: ({}, None),
+                            "model": type("M", (), {"measured_catchup": None})()})()
     sampler.advance(WINDOW_S, 1.0, 1.0)
     target.governor.tick()
     Generation.remember(Gen(), policy)

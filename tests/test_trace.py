@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from specli.backend import LlamaModel
+from specli.llama.backend import LlamaModel
 from specli.config import SamplingConfig, SpecConfig
-from specli.drafters import HybridDrafter, ModelDrafter, NgramDrafter
-from specli.engine import Round, speculative_generate
-from specli.sampling import Dist, overlap, top_entries
+from specli.core.drafters import HybridDrafter, ModelDrafter, NgramDrafter
+from specli.core.engine import Round, speculative_generate
+from specli.core.sampling import Dist, overlap, top_entries
 
 SAMPLED = SamplingConfig(temperature=0.8, top_k=40, top_p=0.95, min_p=0.0)
 GREEDY = SamplingConfig(temperature=0.0)

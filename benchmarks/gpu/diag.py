@@ -12,7 +12,7 @@ path = os.path.join(tempfile.mkdtemp(), "tiny.gguf")
 write_tiny_model(path, seed=0)
 CODE = """
 import sys
-if sys.argv[4] == 'numpy-first':  # as specli.backend, pytest and measure.py import them
+if sys.argv[4] == 'numpy-first':  # as specli.llama.backend, pytest and measure.py import them
     import numpy
 import llama_cpp
 variant = sys.argv[2]
@@ -24,7 +24,7 @@ if variant == 'raw':  # llama_cpp alone, no specli callbacks
 else:
     import os
     os.environ['SPECLI_RELEASE_PAGES'] = variant
-    from specli.backend import LlamaModel
+    from specli.llama.backend import LlamaModel
     m = LlamaModel(sys.argv[1], n_ctx=256, n_gpu_layers=int(sys.argv[3]))
     print('loaded', m.n_vocab, len(m.decode([1, 2, 3], 1)))
 """

@@ -8,9 +8,9 @@ With both models fully offloaded (n_gpu_layers=-1 by default), after a ~300-toke
            the cache is truncated back; llama_decode alone is recorded too: on a GPU it
            can return before the kernels finish, and Stats.python_share counts only it;
   t_d      draft single-token decode, likewise;
-  c        t_d / t_v(1), t_v(n) / t_v(1), and specli.costs.predicted_speedup for
+  c        t_d / t_v(1), t_v(n) / t_v(1), and specli.core.costs.predicted_speedup for
            alpha in (0.6, 0.8, 0.9), K = 1..8;
-  engine   specli.engine.speculative_generate, ModelDrafter, K = 0 and K = 4, 128 new
+  engine   specli.core.engine.speculative_generate, ModelDrafter, K = 0 and K = 4, 128 new
            tokens, temperature 0 and 0.7 (top-k 40, top-p 0.95, min-p 0.05): tok/s,
            Stats.python_share, and the share outside LlamaModel.decode measured with
            the GPU wait included. Random weights: the draft never agrees with the
@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from specli import costs  # noqa: E402
-from specli.backend import LlamaModel  # noqa: E402
+from specli.llama.backend import LlamaModel  # noqa: E402
 from specli.config import SamplingConfig, SpecConfig  # noqa: E402
-from specli.engine import Done, Round, speculative_generate  # noqa: E402
+from specli.core.engine import Done, Round, speculative_generate  # noqa: E402
 from specli.session import Loaded, make_drafter  # noqa: E402
 
 NS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17]
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
               f"{r['llama_decode_median_ms']:>18.3f} {tv_alt[n]['median_ms']:>14.3f}")
     print(f"draft t_d = {td['median_ms']:.3f} ms (llama_decode only {td['llama_decode_median_ms']:.3f});"
           f" c = t_d / t_v(1) = {out['c']:.3f}")
-    print("\n== predicted speedup (specli.costs.predicted_speedup) ==")
+    print("\n== predicted speedup (specli.core.costs.predicted_speedup) ==")
     print("alpha " + " ".join(f"K={k:<5}" for k in KS) + " best K")
     for a in ALPHAS:
         p = pred[str(a)]

@@ -23,10 +23,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from tinymodels import write_tiny_model  # noqa: E402
 
-from specli.backend import LlamaModel  # noqa: E402
+from specli.llama.backend import LlamaModel  # noqa: E402
 from specli.config import SamplingConfig, SpecConfig  # noqa: E402
-from specli.drafters import ModelDrafter  # noqa: E402
-from specli.engine import Done, speculative_generate  # noqa: E402
+from specli.core.drafters import ModelDrafter  # noqa: E402
+from specli.core.engine import Done, speculative_generate  # noqa: E402
 
 PROMPTS = ["The quick brown fox", "Once upon a time there was", "def main():\n    x = 1"]
 GREEDY = SamplingConfig(temperature=0.0)

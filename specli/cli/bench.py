@@ -12,11 +12,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from specli.cli._app import (CtxOpt, DraftNglOpt, DraftOpt, DraftThreadsOpt, ForceOpt, MinPOpt,
-                             NglOpt, PairOpt, StrictOpt, SeedOpt, SystemOpt, TargetOpt, TempOpt, ThreadsOpt,
-                             TopKOpt, TopPOpt, app)
-from specli.cli.common import consoles, open_generation, split_draft_option
+from specli.cli._app import app
+from specli.cli.common import consoles, open_session
+from specli.cli.options import SystemOpt, generation_options
 from specli.errors import UsageError
+from specli.session import Options
 
 BENCH_HELP = """Measure tok/s for each K (and drafter) against the target alone, and recommend a K.
 
@@ -37,14 +37,12 @@ Examples:
 
 
 @app.command("bench", help=BENCH_HELP)
+@generation_options(omit=("drafter", "k", "max_tokens"))
 def bench_cmd(
-    pair: PairOpt = None,
-    target: TargetOpt = None,
-    draft: DraftOpt = None,
+    opts: Options,
     drafter: Annotated[str, typer.Option(
         "--drafter", help="Drafters to compare, comma-separated: model, ngram, auto (hybrid).",
         rich_help_panel="Speculation")] = "model",
-    force: ForceOpt = False,
     k: Annotated[str, typer.Option(
         "--k", "-k", help="K values: a list (0,1,2,4,auto) or a range (1..8); K = 0 is always run.",
         rich_help_panel="Speculation")] = "0,1,2,3,4,6,8,auto",
@@ -59,11 +57,6 @@ def bench_cmd(
     system: SystemOpt = None,
     raw: Annotated[bool, typer.Option("--raw", help="Skip the chat template.",
                                       rich_help_panel="Prompt")] = False,
-    temperature: TempOpt = 0.8,
-    top_k: TopKOpt = 40,
-    top_p: TopPOpt = 0.95,
-    min_p: MinPOpt = 0.05,
-    seed: SeedOpt = 0,
     max_tokens: Annotated[int, typer.Option(
         "--max-tokens", "-n", help="New tokens per run.", rich_help_panel="Sampling")] = 128,
     repeats: Annotated[int, typer.Option(
@@ -72,12 +65,6 @@ def bench_cmd(
     warmup: Annotated[int, typer.Option(
         "--warmup", help="Untimed passes over every row on the first prompt (<= 32 tokens each).",
         rich_help_panel="Benchmark")] = 1,
-    ctx: CtxOpt = 4096,
-    threads: ThreadsOpt = None,
-    draft_threads: DraftThreadsOpt = None,
-    n_gpu_layers: NglOpt = None,
-    draft_n_gpu_layers: DraftNglOpt = None,
-    strict: StrictOpt = False,
     json_file: Annotated[Optional[str], typer.Option(
         "--json", metavar="[FILE]",
         help="Write {results, summary} as JSON to FILE; bare --json (or '-') prints it to stdout.",
@@ -89,41 +76,37 @@ def bench_cmd(
         "--html", help="Also write the report as a self-contained HTML page with charts to FILE.",
         rich_help_panel="Output")] = None,
 ) -> None:
-    from specli import bench
-    from specli.render_bench import print_report
+    from specli.bench.plan import BenchConfig, parse_drafters, parse_k_list
+    from specli.bench.sweep import run_bench
+    from specli.views.render_bench import print_report
 
-    draft, drafter = split_draft_option(draft, drafter)
-    cfg = bench.BenchConfig(ks=tuple(bench.parse_k_list(k)), drafters=tuple(bench.parse_drafters(drafter)),
-                            max_tokens=max_tokens, repeats=repeats, warmup=warmup, seed=seed)
+    draft, drafter = replace(opts, drafter=drafter).models()
+    cfg = BenchConfig(ks=tuple(parse_k_list(k)), drafters=tuple(parse_drafters(drafter)),
+                            max_tokens=max_tokens, repeats=repeats, warmup=warmup, seed=opts.seed)
     items = _load_prompts(suite, prompts, limit)
     out, err = consoles(plain=plain)
     to_stdout = json_file == "-"
     _check_writable(json_file if not to_stdout else None, csv_file, html_file)
     needs_model = any(d in ("model", "auto") for d in cfg.drafters)
     k_load = "auto" if "auto" in cfg.ks else str(max(x for x in cfg.ks if x != "auto"))
-    with open_generation(
-        err, pair=pair, target=target, draft=draft, drafter="model" if needs_model else "ngram",
-        force=force, k=k_load,
-        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
-        max_tokens=max_tokens, ctx=ctx, threads=threads, draft_threads=draft_threads,
-        n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers, strict=strict,
-    ) as gen:
+    load = replace(opts, draft=draft, drafter="model" if needs_model else "ngram", k=k_load,
+                   max_tokens=max_tokens)
+    with open_session(err, load) as gen:
         tokens = [gen.prompt_tokens(p.prompt, system=system, raw=raw) for p in items]
         numerics = gen.numerics(fresh=True)  # the batch-numerics gap of this target, here
-        if strict:
-            cfg = replace(cfg, verify_chunk=gen.verify_chunk())
-        meta = {"batch_numerics": numerics.to_dict(), "strict": strict,
-                "verify_chunk": numerics.invariant_up_to if strict else None,
+        cfg = replace(cfg, strict=opts.strict)
+        meta = {"batch_numerics": numerics.to_dict(), "strict": opts.strict,
+                "verify_chunk": numerics.invariant_up_to if opts.strict else None,
                 "device": gen.where(),
                 "target": str(gen.paths.target),
                 "draft": str(gen.paths.draft) if gen.paths.draft and gen.loaded.draft else None,
                 "sampling": asdict(gen.sampling),
                 "threads": gen.loaded.target.n_threads, "prompts": [p.id for p in items]}
         with _progress(err) as tick:
-            result = bench.run_bench(gen.loaded, items, tokens, gen.sampling, cfg,
+            result = run_bench(gen, items, tokens, gen.sampling, cfg,
                                      progress=tick, meta=meta)
         if result.calibration is not None:  # `run --k auto` starts from these costs
-            from specli.costcache import store_calibration
+            from specli.core.costcache import store_calibration
 
             store_calibration(gen.costs, gen.loaded.target, gen.loaded.draft,
                               result.calibration.t_verify, result.calibration.t_draft,
@@ -144,7 +127,7 @@ def bench_cmd(
 
 
 def _load_prompts(suite: str, prompts: Path | None, limit: int | None):
-    from specli.suites import load_prompts_file, load_suite
+    from specli.bench.suites import load_prompts_file, load_suite
 
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be >= 1, got {limit}")
@@ -212,11 +195,11 @@ def _write_json(data: dict, dest: str) -> None:
 
 
 def _write_html(summary: dict, dest: Path) -> None:
-    """The report as a page (specli.report imports matplotlib: only when asked for)."""
+    """The report as a page (specli.views.report imports matplotlib: only when asked for)."""
     from rich.console import Console
 
-    from specli.render_bench import recommendation, report
-    from specli.report.html import bench_page
+    from specli.views.render_bench import recommendation, report
+    from specli.views.report.html import bench_page
 
     text = Console(width=140, record=True, file=io.StringIO(), color_system=None)
     text.print(report(summary))
@@ -229,7 +212,7 @@ def _write_html(summary: dict, dest: Path) -> None:
 
 
 def _write_csv(rows: list[dict], dest: Path) -> None:
-    from specli.bench import CSV_FIELDS, csv_record
+    from specli.bench.summary import CSV_FIELDS, csv_record
 
     try:
         with open(dest, "w", newline="", encoding="utf-8") as f:

@@ -8,11 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from specli.cli._app import (CtxOpt, DraftNglOpt, DraftOpt, DrafterOpt, DraftThreadsOpt, ForceOpt,
-                             KOpt, MaxTokOpt, MinPOpt, NglOpt, PairOpt, StrictOpt, SeedOpt, SystemOpt,
-                             TargetOpt, TempOpt, ThreadsOpt, TopKOpt, TopPOpt, app)
-from specli.cli.common import consoles, open_generation
+from specli.cli._app import app
+from specli.cli.common import consoles, open_session
+from specli.cli.options import SystemOpt, generation_options
 from specli.errors import UsageError
+from specli.session import Options
 
 CHAT_HELP = """Chat with a model, speculative decoding every reply; only new tokens are evaluated each turn.
 
@@ -33,25 +33,9 @@ Examples:
 
 
 @app.command("chat", help=CHAT_HELP)
+@generation_options(max_tokens=512)
 def chat_cmd(
-    pair: PairOpt = None,
-    target: TargetOpt = None,
-    draft: DraftOpt = None,
-    drafter: DrafterOpt = "auto",
-    force: ForceOpt = False,
-    k: KOpt = "auto",
-    temperature: TempOpt = 0.8,
-    top_k: TopKOpt = 40,
-    top_p: TopPOpt = 0.95,
-    min_p: MinPOpt = 0.05,
-    seed: SeedOpt = 0,
-    max_tokens: MaxTokOpt = 512,
-    ctx: CtxOpt = 4096,
-    threads: ThreadsOpt = None,
-    draft_threads: DraftThreadsOpt = None,
-    n_gpu_layers: NglOpt = None,
-    draft_n_gpu_layers: DraftNglOpt = None,
-    strict: StrictOpt = False,
+    opts: Options,
     system: SystemOpt = None,
     load: Annotated[Optional[Path], typer.Option(
         "--load", help="Resume the conversation saved in this JSON transcript.",
@@ -78,12 +62,7 @@ def chat_cmd(
             raise UsageError(f"{opt}: directory not found: {path.parent}")
     interactive = sys.stdin.isatty()
     out, err = consoles(plain=plain)
-    with open_generation(
-        err, pair=pair, target=target, draft=draft, drafter=drafter, force=force, k=k,
-        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
-        max_tokens=max_tokens, ctx=ctx, threads=threads, draft_threads=draft_threads,
-        n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers, strict=strict,
-    ) as gen:
+    with open_session(err, opts) as gen:
         session = ChatSession(gen, out=out, err=err, system=system, transcript=transcript,
                               save_path=save, show="plain" if plain else show,
                               interactive=interactive, live_footer=not plain,
@@ -119,8 +98,7 @@ def _banner(session, err, load: Optional[Path]) -> None:
     gen = session.gen
     from rich.markup import escape
 
-    d = gen.paths.draft.name if gen.paths.draft and gen.loaded.draft else gen.drafter_name
-    err.print(f"[bold]specli chat[/] · {escape(gen.paths.target.name)} ← {escape(d)} · "
+    err.print(f"[bold]specli chat[/] · {escape(gen.paths.target.name)} ← {escape(gen.draft_label())} · "
               f"K {gen.spec.k} · temperature {gen.sampling.temperature}", highlight=False)
     if load is not None:
         n = len(session.chat.messages) - session.chat.start

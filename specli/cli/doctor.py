@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from specli.cli._app import ThreadsOpt, app
+from specli.cli._app import app
+from specli.cli.options import ThreadsOpt
 from specli.cli.common import consoles
 
 DOCTOR_HELP = """Check this machine and this install; paste the output into a bug report.

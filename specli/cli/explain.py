@@ -7,11 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from specli.cli._app import (CtxOpt, DraftNglOpt, DraftOpt, DrafterOpt, DraftThreadsOpt, ForceOpt,
-                             NglOpt, PairOpt, SeedOpt, StrictOpt, SystemOpt, TargetOpt, ThreadsOpt,
-                             app)
+from dataclasses import replace
+
+from specli.cli._app import app
 from specli.cli.common import consoles
+from specli.cli.options import DrafterOpt, SystemOpt, generation_options
 from specli.errors import UsageError
+from specli.session import Options
 
 EXPLAIN_HELP = """Show what speculative verification does, with exact numbers.
 
@@ -36,7 +38,9 @@ WARP_DEFAULTS = {"logits": (1.0, 0, 1.0, 0.0), "prompt": (0.8, 40, 0.95, 0.05)}
 
 
 @app.command("explain", help=EXPLAIN_HELP)
+@generation_options(omit=("drafter", "k", "temperature", "top_k", "top_p", "min_p", "max_tokens"))
 def explain_cmd(
+    opts: Options,
     prompt: Annotated[Optional[str], typer.Argument(help="A prompt for the real pair ('-' reads stdin).")] = None,
     p: Annotated[Optional[str], typer.Option("--p", help="Target distribution p, comma-separated.",
                                              rich_help_panel="One step")] = None,
@@ -58,22 +62,11 @@ def explain_cmd(
                                                    rich_help_panel="Sampling")] = None,
     min_p: Annotated[Optional[float], typer.Option("--min-p", help="Drop tokens below min-p x the top (0 = off).",
                                                    rich_help_panel="Sampling")] = None,
-    seed: SeedOpt = 0,
     rounds: Annotated[int, typer.Option("--rounds", help="Rounds to show for a PROMPT.",
                                         rich_help_panel="Real rounds")] = 3,
     k: Annotated[str, typer.Option("--k", "-k", help="Draft tokens per round for a PROMPT (or auto).",
                                    rich_help_panel="Real rounds")] = "4",
-    pair: PairOpt = None,
-    target: TargetOpt = None,
-    draft: DraftOpt = None,
     drafter: DrafterOpt = "model",
-    force: ForceOpt = False,
-    ctx: CtxOpt = 4096,
-    threads: ThreadsOpt = None,
-    draft_threads: DraftThreadsOpt = None,
-    n_gpu_layers: NglOpt = None,
-    draft_n_gpu_layers: DraftNglOpt = None,
-    strict: StrictOpt = False,
     system: SystemOpt = None,
     raw: Annotated[bool, typer.Option("--raw", help="Skip the chat template.", rich_help_panel="Real rounds")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print every number as one JSON object.",
@@ -90,22 +83,20 @@ def explain_cmd(
              for v, d in zip((temperature, top_k, top_p, min_p), WARP_DEFAULTS[mode])]
     out, err = consoles(plain=json_out)
     if one_step:
-        _one_step(out, p, q, logits_p, logits_q, warps, normalize, samples, seed, json_out,
+        _one_step(out, p, q, logits_p, logits_q, warps, normalize, samples, opts.seed, json_out,
                   warps_given=any(v is not None for v in (temperature, top_k, top_p, min_p)))
         return
     from specli.cli.explain_rounds import explain_rounds
 
-    explain_rounds(out, err, prompt=prompt, rounds=rounds, json_out=json_out, system=system, raw=raw,
-                   options=dict(pair=pair, target=target, draft=draft, drafter=drafter, force=force,
-                                k=k, temperature=warps[0], top_k=warps[1], top_p=warps[2],
-                                min_p=warps[3], seed=seed, ctx=ctx, threads=threads,
-                                draft_threads=draft_threads, n_gpu_layers=n_gpu_layers,
-                                draft_n_gpu_layers=draft_n_gpu_layers, strict=strict))
+    options = replace(opts, drafter=drafter, k=k, temperature=warps[0], top_k=warps[1],
+                      top_p=warps[2], min_p=warps[3], max_tokens=256)
+    explain_rounds(out, err, prompt=prompt, rounds=rounds, json_out=json_out, system=system,
+                   raw=raw, options=options)
 
 
 def _side(probs: str | None, logits: str | None, name: str, sampling, normalize: bool):
     """One distribution from --p (exact) or --logits-p (warped, as the engine warps)."""
-    from specli import explain as ex
+    from specli.core import explain as ex
 
     if (probs is None) == (logits is None):
         raise UsageError(f"give exactly one of --{name} and --logits-{name}")
@@ -113,7 +104,7 @@ def _side(probs: str | None, logits: str | None, name: str, sampling, normalize:
         return ex.check_dist(ex.parse_probs(probs, f"--{name}"), f"--{name}", normalize)
     import numpy as np
 
-    from specli.sampling import warp
+    from specli.core.sampling import warp
 
     z = ex.parse_logits(logits, f"--logits-{name}")
     d = warp(z, sampling)
@@ -133,7 +124,7 @@ def _check_lengths(p_text: str | None, q_text: str | None) -> None:
 
 def _one_step(out, p, q, logits_p, logits_q, warps, normalize, samples, seed, json_out,
               warps_given: bool) -> None:
-    from specli import explain as ex
+    from specli.core import explain as ex
     from specli.config import SamplingConfig
 
     if warps_given and logits_p is None and logits_q is None:
@@ -159,6 +150,6 @@ def _one_step(out, p, q, logits_p, logits_q, warps, normalize, samples, seed, js
     if json_out:
         print(json.dumps(result))
         return
-    from specli.render_explain import print_step
+    from specli.views.render_explain import print_step
 
     print_step(out, table, result.get("samples"))

@@ -7,21 +7,22 @@ import statistics
 import time
 from dataclasses import asdict
 
-from specli.cli.common import open_generation, read_prompt, round_record
+from specli.cli.common import open_session, read_prompt, round_record
+from specli.core.engine import Done
 
 BATCH_NOTE = ("all K + 1 rows of p came from one batched target decode of [pending, x_1..x_K]: "
               "row i is p after the first i drafts")
 
 
 def explain_rounds(out, err, *, prompt: str, rounds: int, json_out: bool, system, raw,
-                   options: dict) -> None:
+                   options) -> None:
     """Generate with tracing on, show the first `rounds` rounds, then stop."""
     from specli.errors import UsageError
 
     if rounds < 1:
         raise UsageError(f"--rounds must be >= 1, got {rounds}")
     text = read_prompt(prompt, None)
-    with open_generation(err, max_tokens=256, **options) as gen:
+    with open_session(err, options) as gen:
         tokens = gen.prompt_tokens(text, system=system, raw=raw)
         shown = _first_rounds(gen.generate(tokens, trace=True), rounds)
         step = one_target_step_seconds(gen.loaded.target)
@@ -36,7 +37,7 @@ def explain_rounds(out, err, *, prompt: str, rounds: int, json_out: bool, system
     if json_out:
         print(json.dumps(result, ensure_ascii=False))
         return
-    from specli.render_explain import print_rounds
+    from specli.views.render_explain import print_rounds
 
     print_rounds(out, shown, step, gen.sampling.greedy, BATCH_NOTE)
 
@@ -46,7 +47,7 @@ def _first_rounds(events, n: int) -> list:
     shown = []
     try:
         for ev in events:
-            if hasattr(ev, "stats"):
+            if isinstance(ev, Done):
                 break
             shown.append(ev)
             if len(shown) >= n:

@@ -78,7 +78,7 @@ def _size(n: int | None) -> str:
 
 
 def _pair_rows(reg) -> list[dict]:
-    from specli import registry
+    from specli.models import registry
 
     rows = []
     for p in reg.pairs.values():
@@ -100,7 +100,7 @@ def _pair_rows(reg) -> list[dict]:
 def list_cmd(json_out: JsonOpt = False) -> None:
     from rich.table import Table
 
-    from specli.registry import load_registry
+    from specli.models.registry import load_registry
 
     reg = load_registry()
     rows = _pair_rows(reg)
@@ -120,7 +120,7 @@ def list_cmd(json_out: JsonOpt = False) -> None:
 
 def _pull_items(reg, refs: list[str]) -> list[tuple[str, object]]:
     """Arguments -> unique (label, HubFile) to pull: pair names, model names, org/repo:file."""
-    from specli.registry import parse_hub_ref
+    from specli.models.registry import parse_hub_ref
 
     items: dict[object, str] = {}
     for ref in refs or [reg.default_pair]:
@@ -155,7 +155,7 @@ def pull_cmd(
         help="Pairs, registry models or org/repo:file.gguf[@rev] (default: the default pair).",
         show_default=False)] = None,
 ) -> None:
-    from specli import registry
+    from specli.models import registry
 
     reg = registry.load_registry()
     items = _pull_items(reg, refs or [])
@@ -182,7 +182,7 @@ def check_cmd(
     target: Annotated[str, typer.Argument(help="The target model.", show_default=False)],
     json_out: JsonOpt = False,
 ) -> None:
-    from specli import compat, registry
+    from specli.models import compat, registry
 
     reg = registry.load_registry()
     d_path = registry.resolve_model(draft, reg)
@@ -245,7 +245,7 @@ def info_cmd(
 ) -> None:
     from rich.table import Table
 
-    from specli import compat, registry
+    from specli.models import compat, registry
 
     reg = registry.load_registry()
     path = registry.resolve_model(model, reg)

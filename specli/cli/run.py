@@ -8,12 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from specli.cli._app import (CtxOpt, DraftNglOpt, DraftOpt, DrafterOpt, DraftThreadsOpt, ForceOpt,
-                             KOpt, MaxTokOpt, MinPOpt, NglOpt, PairOpt, StrictOpt, SeedOpt, SystemOpt,
-                             TargetOpt, TempOpt, ThreadsOpt, TopKOpt, TopPOpt, app)
+from specli.cli._app import app
+from specli.cli.common import consoles, open_session, read_prompt, round_record, write_trace_html
+from specli.cli.options import SystemOpt, generation_options
 from specli.errors import UsageError
-from specli.cli.common import (consoles, open_generation, read_prompt, round_record,
-                               write_trace_html)
+from specli.session import Options
 
 RUN_HELP = """Generate an answer to one PROMPT with speculative decoding, streamed live.
 
@@ -36,28 +35,12 @@ Examples:
 
 
 @app.command("run", help=RUN_HELP, no_args_is_help=True)
+@generation_options(max_tokens=256)
 def run_cmd(
+    opts: Options,
     prompt: Annotated[Optional[str], typer.Argument(help="The prompt; '-' reads stdin.")] = None,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the prompt from a file.",
                                                  rich_help_panel="Prompt")] = None,
-    pair: PairOpt = None,
-    target: TargetOpt = None,
-    draft: DraftOpt = None,
-    drafter: DrafterOpt = "auto",
-    force: ForceOpt = False,
-    k: KOpt = "auto",
-    temperature: TempOpt = 0.8,
-    top_k: TopKOpt = 40,
-    top_p: TopPOpt = 0.95,
-    min_p: MinPOpt = 0.05,
-    seed: SeedOpt = 0,
-    max_tokens: MaxTokOpt = 256,
-    ctx: CtxOpt = 4096,
-    threads: ThreadsOpt = None,
-    draft_threads: DraftThreadsOpt = None,
-    n_gpu_layers: NglOpt = None,
-    draft_n_gpu_layers: DraftNglOpt = None,
-    strict: StrictOpt = False,
     system: SystemOpt = None,
     raw: Annotated[bool, typer.Option("--raw", help="Skip the chat template: feed the prompt as is.",
                                       rich_help_panel="Prompt")] = False,
@@ -77,17 +60,12 @@ def run_cmd(
         raise UsageError(f"cannot write {html_file}: no such directory {html_file.parent}")
     text = read_prompt(prompt, file)
     out, err = consoles(plain=plain or json_out)
-    with open_generation(
-        err, pair=pair, target=target, draft=draft, drafter=drafter, force=force, k=k,
-        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
-        max_tokens=max_tokens, ctx=ctx, threads=threads, draft_threads=draft_threads,
-        n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers, strict=strict,
-    ) as gen:
+    with open_session(err, opts) as gen:
         tokens = gen.prompt_tokens(text, system=system, raw=raw)
         events = gen.generate(tokens, trace=html_file is not None)
         rounds: list = []
         if json_out:
-            done, rounds = _collect(events)
+            done, rounds = gen.collect(events)
             print(json.dumps(_json_result(gen, done, rounds), ensure_ascii=False))
         else:
             mode = show if out.is_terminal and not plain else "plain"  # no struck text in pipes
@@ -99,39 +77,19 @@ def run_cmd(
         raise typer.Exit(130)
 
 
-def _collect(events):
-    rounds = []
-    try:
-        for ev in events:
-            if hasattr(ev, "stats"):
-                return ev, rounds
-            rounds.append(ev)
-    except KeyboardInterrupt:
-        return events.throw(KeyboardInterrupt), rounds
-    raise RuntimeError("engine ended without a Done event")
-
-
 def _stream(events, out, err, gen, show, rounds=None):
-    from specli.render import LiveView, stats_table
+    from specli.views.render import LiveView, stats_table
 
     view = LiveView(out, mode=show, k_label=str(gen.spec.k))
-    done = None
     with view:
-        try:
-            for ev in events:
-                if hasattr(ev, "stats"):
-                    done = ev
-                    break
-                view.round(ev)
-                if rounds is not None:
-                    rounds.append(ev)
-        except KeyboardInterrupt:
-            done = events.throw(KeyboardInterrupt)
+        done, shown = gen.collect(events, on_round=view.round)
         view.finish(done)
+    if rounds is not None:
+        rounds.extend(shown)
     if done.message and done.stop_reason != "eog":
         err.print(f"[yellow]{done.message}[/]")
     err.print(stats_table(done.stats, done.stop_reason, title=gen.title()))
-    from specli.threads import thread_note
+    from specli.llama.threads import thread_note
 
     note = thread_note(gen.loaded.target)
     if note:

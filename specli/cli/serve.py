@@ -8,10 +8,10 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from specli.cli._app import (CtxOpt, DraftNglOpt, DraftOpt, DrafterOpt, DraftThreadsOpt, ForceOpt,
-                             KOpt, MaxTokOpt, MinPOpt, NglOpt, PairOpt, SeedOpt, StrictOpt,
-                             TargetOpt, TempOpt, ThreadsOpt, TopKOpt, TopPOpt, app)
-from specli.cli.common import consoles, open_generation
+from specli.cli._app import app
+from specli.cli.common import consoles, open_session
+from specli.cli.options import generation_options
+from specli.session import Options
 from specli.config import PROMPT_CACHE_MB
 
 SERVE_HELP = """Serve the pair over an OpenAI-compatible HTTP API, speculative decoding every reply.
@@ -34,25 +34,9 @@ Examples:
 
 
 @app.command("serve", help=SERVE_HELP)
+@generation_options(max_tokens=256)
 def serve_cmd(
-    pair: PairOpt = None,
-    target: TargetOpt = None,
-    draft: DraftOpt = None,
-    drafter: DrafterOpt = "auto",
-    force: ForceOpt = False,
-    k: KOpt = "auto",
-    temperature: TempOpt = 0.8,
-    top_k: TopKOpt = 40,
-    top_p: TopPOpt = 0.95,
-    min_p: MinPOpt = 0.05,
-    seed: SeedOpt = 0,
-    max_tokens: MaxTokOpt = 256,
-    ctx: CtxOpt = 4096,
-    threads: ThreadsOpt = None,
-    draft_threads: DraftThreadsOpt = None,
-    n_gpu_layers: NglOpt = None,
-    draft_n_gpu_layers: DraftNglOpt = None,
-    strict: StrictOpt = False,
+    opts: Options,
     host: Annotated[str, typer.Option(
         "--host", help="Address to listen on (default: this machine only).",
         rich_help_panel="Server")] = "127.0.0.1",
@@ -90,14 +74,7 @@ def serve_cmd(
 
     _, err = consoles()
 
-    def open_gen():
-        return open_generation(
-            err, pair=pair, target=target, draft=draft, drafter=drafter, force=force, k=k,
-            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
-            max_tokens=max_tokens, ctx=ctx, threads=threads, draft_threads=draft_threads,
-            n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers, strict=strict)
-
-    serve(open_gen, host=host, port=port, api_key=api_key or None, max_queue=max_queue,
+    serve(lambda: open_session(err, opts), host=host, port=port, api_key=api_key or None, max_queue=max_queue,
           allow_open=allow_open, cache_mb=cache_mb, allow_origins=tuple(allow_origin or ()),
           allow_hosts=tuple(allow_host or ()), on_listening=lambda url: _banner(url, api_key),
           on_ready=_ready)
@@ -116,6 +93,5 @@ def _banner(url: str, api_key: Optional[str]) -> None:
 
 
 def _ready(gen) -> None:
-    d = gen.paths.draft.name if gen.paths.draft and gen.loaded.draft else gen.drafter_name
-    print(f"specli serve: ready · {gen.paths.target.name} ← {d} · K {gen.spec.k} · "
+    print(f"specli serve: ready · {gen.paths.target.name} ← {gen.draft_label()} · K {gen.spec.k} · "
           f"pid {os.getpid()} · Ctrl-C stops", file=sys.stderr, flush=True)

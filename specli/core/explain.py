@@ -11,7 +11,7 @@ where beta = sum_x min(p(x), q(x)) is the acceptance probability. Since
 and the total is p(x) exactly. `step_table` computes every column in `Fraction`s so that
 the last one is p, not approximately p.
 
-`sample_step` draws verifications with specli.sampling.verify, the engine's own rule, and
+`sample_step` draws verifications with specli.core.sampling.verify, the engine's own rule, and
 `chi_square` tests the counts against p (the survival function is computed here, as the
 regularised upper incomplete gamma function, so scipy is not needed).
 """
@@ -132,10 +132,10 @@ def step_table(p: Sequence[Fraction], q: Sequence[Fraction]) -> StepTable:
 def sample_step(p: Sequence[float], q: Sequence[float], n: int, seed: int) -> np.ndarray:
     """Counts of the emitted token over `n` seeded verifications of one draft (K = 1).
 
-    Each draws x ~ q and runs specli.sampling.verify, the engine's rule: the draft when
+    Each draws x ~ q and runs specli.core.sampling.verify, the engine's rule: the draft when
     kept, else the token drawn from the residual.
     """
-    from specli.sampling import verify
+    from specli.core.sampling import verify
 
     q_d, p_d = _dist(q), _dist(p)
     rng = np.random.default_rng(seed)
@@ -148,7 +148,7 @@ def sample_step(p: Sequence[float], q: Sequence[float], n: int, seed: int) -> np
 
 
 def _dist(probs: Sequence[float]):
-    from specli.sampling import Dist
+    from specli.core.sampling import Dist
 
     a = np.asarray(probs, dtype=np.float64)
     ids = np.flatnonzero(a > 0)

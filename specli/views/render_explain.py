@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from specli.explain import PROOF, StepTable, fmt_fraction
+from specli.core.explain import PROOF, StepTable, fmt_fraction
 
 
 def step_view(table: StepTable) -> Table:

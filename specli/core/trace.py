@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from specli.sampling import Dist, overlap, residual, softmax_dist, top_entries
+from specli.core.sampling import Dist, overlap, residual, softmax_dist, top_entries
 
 N_TOP = 5
 Alt = tuple[int, str, float]  # (token id, text, probability)

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from specli.config import K_MAX
+from specli.core.ngram import common_prefix
 from specli.errors import ContextFullError, ModelError
 
 log = logging.getLogger("specli.llama")
@@ -55,7 +56,7 @@ def physical_cores() -> int:
 
 def check_gguf_file(path: Path) -> None:
     """Raise ModelError (one line, naming the file) unless `path` is a readable GGUF file."""
-    from specli.registry import check_gguf  # one check for the whole project
+    from specli.models.registry import check_gguf  # one check for the whole project
 
     check_gguf(Path(path))
 
@@ -63,42 +64,6 @@ def check_gguf_file(path: Path) -> None:
 def _u8_ptr(a: np.ndarray):
     """A uint8* to a contiguous numpy array's bytes, for llama.cpp's state calls."""
     return a.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens two sequences share (lists, tuples, any sliceable sequence).
-
-    Compares slices, so the elements are compared in C: blocks of doubling size while
-    they agree, then a bisection of the block that does not. Over two equal 4,000-token
-    prompts that takes 45 us where a token-by-token Python loop took 164 (300 tokens: 6-8
-    against 12.5); the saved prompt states (promptcache) compare each request's prompt
-    with every state they hold.
-    """
-    limit = min(len(a), len(b))
-    lo, step = 0, 16
-    while True:  # invariant: a[:lo] == b[:lo]
-        hi = min(limit, lo + step)
-        if not _same(a[lo:hi], b[lo:hi]):
-            break
-        if hi == limit:
-            return limit
-        lo, step = hi, step * 2
-    while hi - lo > 8:  # a[lo:hi] holds the first difference
-        mid = (lo + hi) // 2
-        if _same(a[lo:mid], b[lo:mid]):
-            lo = mid
-        else:
-            hi = mid
-    while a[lo] == b[lo]:
-        lo += 1
-    return lo
-
-
-def _same(x: Sequence[int], y: Sequence[int]) -> bool:
-    """Element-wise equality of two slices (a list never equals a tuple in Python)."""
-    if type(x) is type(y):
-        return x == y
-    return list(x) == list(y)
 
 
 def _llama():
@@ -253,17 +218,17 @@ def system_info() -> str:
 
 
 def plan_placement(path: Path, n_gpu_layers: int, env: dict | None = None):
-    """The Placement (specli.placement) for loading `path` here: asks the backend which
+    """The Placement (specli.llama.placement) for loading `path` here: asks the backend which
     extra buffer types it offers and, when AMX is among them, which weights CPU_REPACK
     takes."""
-    from specli import placement
+    from specli.llama import placement
 
     bufts = cpu_extra_bufts()
     allow = placement.amx_allowed(env)
     if placement.AMX not in bufts or allow:
         return placement.decide(list(bufts), [], lambda t: False, n_layer=0,
                                 n_gpu_layers=n_gpu_layers, allow_amx=allow), bufts
-    from specli.compat import read_gguf
+    from specli.models.compat import read_gguf
 
     header = read_gguf(path, tensors=True)
     n_layer = int(header.arch_key("block_count") or 0)

@@ -15,7 +15,8 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from specli.config import SamplingConfig
-from specli.sampling import Dist, greedy_token, warp
+from specli.core.ngram import common_prefix
+from specli.core.sampling import Dist, greedy_token, warp
 
 
 @dataclass
@@ -37,7 +38,14 @@ StopRule = Callable[[int, float], bool]
 
 
 class Drafter(Protocol):
+    """What the engine asks of a drafter. Register a new one in DRAFTERS (below)."""
+
     name: str
+    fallback: str | None  # another source a round may use instead (the policy decides)
+    draft_model: object | None  # the LlamaModel it decodes with (None: it runs no model)
+
+    def prefill(self, committed: Sequence[int]) -> None:
+        """At the start of a generation: catch up on the prompt (or note it, lazily)."""
 
     def next_source(self, committed: Sequence[int]) -> str: ...
 
@@ -53,6 +61,7 @@ class ModelDrafter:
     """Drafts with a small llama.cpp model, autoregressively, one decode per token."""
 
     name = "model"
+    fallback = None
 
     def __init__(self, model, sampling: SamplingConfig, n_vocab: int) -> None:
         self.model = model  # backend.LlamaModel
@@ -107,6 +116,10 @@ class ModelDrafter:
         q = warp(logits, self.sampling)
         return q.sample(rng), q
 
+    @property
+    def draft_model(self):
+        return self.model
+
     def rewind(self, committed: Sequence[int]) -> None:
         # Keep only committed tokens; the pending last one is decoded next round.
         self.model.truncate(min(self.model.n_past, len(committed) - 1))
@@ -125,9 +138,11 @@ class NgramDrafter:
     """
 
     name = "ngram"
+    fallback = None
+    draft_model = None
 
     def __init__(self, n_max: int = 4, n_min: int = 2, candidates: int = 8) -> None:
-        from specli.ngram import NgramIndex
+        from specli.core.ngram import NgramIndex
 
         self.index = NgramIndex(n_max=n_max, n_min=n_min, candidates=candidates)
         self.reference = None  # an NgramIndex over a predicted output (set_reference)
@@ -139,7 +154,7 @@ class NgramDrafter:
         expected to repeat), as if they followed `anchor` (the end of the prompt, so that
         the first round already drafts their start). A match there wins over one in the
         context when it agrees as far back. None: no reference. Resets the counts."""
-        from specli.ngram import NgramIndex
+        from specli.core.ngram import NgramIndex
 
         self.reference, self._pending = None, None
         self.reference_drafted = self.reference_accepted = 0
@@ -160,8 +175,6 @@ class NgramDrafter:
 
     def prefill(self, committed: Sequence[int]) -> None:
         """At the start of a generation: keep only the indexed prefix that still matches."""
-        from specli.backend import common_prefix
-
         n = common_prefix(self.index.tokens, committed)
         self.index.truncate(n)
         self.index.extend(committed[n:])
@@ -188,8 +201,6 @@ class NgramDrafter:
 
     def rewind(self, committed: Sequence[int]) -> None:
         if self._pending is not None:  # a reference draft was verified: count what was kept
-            from specli.backend import common_prefix
-
             start, tokens = self._pending
             self._pending = None
             self.reference_drafted += len(tokens)
@@ -207,6 +218,10 @@ class HybridDrafter:
         self.model_drafter = model_drafter
         self.ngram = ngram
         self.min_match = min_match
+
+    @property
+    def draft_model(self):
+        return self.model_drafter.model
 
     def prefill(self, committed: Sequence[int]) -> None:
         # The draft model is a fallback here: where the text repeats, or where model drafts
@@ -231,3 +246,76 @@ class HybridDrafter:
     def rewind(self, committed: Sequence[int]) -> None:
         self.model_drafter.rewind(committed)
         self.ngram.rewind(committed)
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class DrafterKind:
+    """A drafter by name: how to build it and what it needs (for --drafter, bench, serve)."""
+
+    name: str
+    help: str
+    model: str  # the draft model: "required", "optional" (used when loaded) or "unused"
+    build: Callable[..., Drafter]  # (draft_model | None, sampling, n_vocab, ngram) -> Drafter
+    predictions: bool = False  # drafts from a request's predicted output (serve)
+
+    @property
+    def loads_model(self) -> bool:
+        """Whether a draft model should be loaded for this drafter."""
+        return self.model != "unused"
+
+
+def _model(draft, sampling, n_vocab, ngram) -> Drafter:
+    if draft is None:
+        from specli.errors import UsageError
+
+        raise UsageError("--drafter model needs a draft model: give --draft or --pair")
+    return ModelDrafter(draft, sampling, n_vocab)
+
+
+def _ngram(draft, sampling, n_vocab, ngram) -> Drafter:
+    return ngram if ngram is not None else NgramDrafter()
+
+
+def _hybrid(draft, sampling, n_vocab, ngram) -> Drafter:
+    ngram = _ngram(draft, sampling, n_vocab, ngram)
+    if draft is None:  # no draft model: n-gram lookup alone
+        return ngram
+    return HybridDrafter(ModelDrafter(draft, sampling, n_vocab), ngram)
+
+
+DRAFTERS: dict[str, DrafterKind] = {k.name: k for k in (
+    DrafterKind("model", "the draft model, one token at a time", "required", _model),
+    DrafterKind("ngram", "prompt lookup: what followed an earlier match (free)", "unused",
+                _ngram, predictions=True),
+    DrafterKind("auto", "n-gram when the text repeats, else the draft model", "optional",
+                _hybrid, predictions=True),
+)}
+DRAFTER_NAMES = tuple(DRAFTERS)
+
+
+def drafter_kind(name: str) -> DrafterKind:
+    """The registered drafter `name`; a UsageError naming the choices otherwise."""
+    kind = DRAFTERS.get(name)
+    if kind is None:
+        from specli.errors import UsageError
+
+        raise UsageError(f"--drafter must be {_choices()}, got {name!r}")
+    return kind
+
+
+def _choices() -> str:
+    names = list(DRAFTER_NAMES)
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def make_drafter(name: str, draft_model, sampling: SamplingConfig, n_vocab: int,
+                 ngram: NgramDrafter | None = None) -> Drafter:
+    """The drafter `name` over `draft_model` (None when none is loaded).
+
+    `ngram`: an NgramDrafter to reuse (its index keeps the prefix a new prompt shares with
+    the last one, so a conversation is not re-indexed from scratch every reply).
+    """
+    return drafter_kind(name).build(draft_model, sampling, n_vocab, ngram)
