@@ -84,7 +84,7 @@ def settings(lc, backend, placement, *, plain=False, flash=None, ubatch=None):
 
     lc.llama_context_default_params = ctx_params
     if plain:
-        backend.plan_placement = lambda path, ngl, env=None: (
+        backend.plan_placement = lambda path, ngl, env=None, header=None: (
             placement.Placement(False, (), "plain", "no extra buffer types"), backend.cpu_extra_bufts())
     try:
         yield

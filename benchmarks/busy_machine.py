@@ -86,11 +86,12 @@ def llama_bench_tps(bin_dir: Path, target: str, threads: int, tokens: int, env: 
 
 
 def default_target() -> str:
-    from specli.models import registry
+    from specli.models import catalogue
+    from specli.models import hub as hf
 
-    reg = registry.load_registry()
-    target, _ = registry.pair_models(reg, reg.default_pair)
-    path = registry.cached_path(target.hub)
+    reg = catalogue.load_registry()
+    target, _ = catalogue.pair_models(reg, reg.default_pair)
+    path = hf.cached_path(target.hub)
     if path is None:
         sys.exit("the default target is not cached (specli models pull)")
     return str(path)

@@ -79,13 +79,14 @@ def threads() -> dict:
 
 
 def default_pair() -> dict:
-    from specli.models import registry
+    from specli.models import catalogue
+    from specli.models import hub as hf
 
-    reg = registry.load_registry()
-    target, draft = registry.pair_models(reg, reg.default_pair)
+    reg = catalogue.load_registry()
+    target, draft = catalogue.pair_models(reg, reg.default_pair)
     out = {"name": reg.default_pair}
     for role, spec in (("target", target), ("draft", draft)):
-        path = registry.cached_path(spec.hub) if spec.hub else None
+        path = hf.cached_path(spec.hub) if spec.hub else None
         out[role] = {"name": spec.name, "cached": path is not None,
                      "path": str(path) if path else None}
     return out

@@ -44,10 +44,10 @@ class ModelPaths:
 def resolve_paths(*, pair: str | None, target: str | None, draft: str | None,
                   progress: bool = True) -> ModelPaths:
     """--pair / --target / --draft -> local files (downloading through the registry)."""
-    from specli.models import registry
+    from specli.models import catalogue, resolve
 
-    reg = registry.load_registry()
-    t, d, spec = registry.resolve_pair(reg, pair=pair, target=target, draft=draft, progress=progress)
+    reg = catalogue.load_registry()
+    t, d, spec = resolve.resolve_pair(reg, pair=pair, target=target, draft=draft, progress=progress)
     return ModelPaths(t, d, getattr(spec, "name", None), getattr(spec, "recommended_k", None))
 
 
@@ -75,22 +75,24 @@ class Loaded:
 def load_models(paths: ModelPaths, runtime: RuntimeConfig, *, force: bool = False,
                 load_draft: bool = True, warn: Callable[[str], None] | None = None) -> Loaded:
     """Check the pair's vocabularies from GGUF metadata, then load both models."""
-    from specli.llama.backend import LlamaModel, check_gguf_file
+    from specli.llama.backend import LlamaModel
     from specli.llama.threads import governor_for
 
     warning = None
-    check_gguf_file(paths.target)
+    t_head = d_head = None  # each header is read once: for the pair check and the placement
     if paths.draft is not None and load_draft:
-        check_gguf_file(paths.draft)
+        from specli.llama.gguf import read_gguf
         from specli.models import compat
 
-        report = compat.ensure_compatible(paths.draft, paths.target, force=force)
+        t_head, d_head = read_gguf(paths.target, tensors=True), read_gguf(paths.draft, tensors=True)
+        report = compat.ensure_compatible(d_head, t_head, force=force)
         if report.verdict == "incompatible":  # only reached with --force
             warning = f"--force: using an incompatible draft ({'; '.join(report.reasons)})"
             if warn:
                 warn(warning)
     target = LlamaModel(paths.target, n_ctx=runtime.n_ctx, n_threads=runtime.n_threads,
-                        n_gpu_layers=runtime.n_gpu_layers, n_batch=runtime.n_batch)
+                        n_gpu_layers=runtime.n_gpu_layers, n_batch=runtime.n_batch,
+                        header=t_head)
     draft = None
     if paths.draft is not None and load_draft:
         try:
@@ -99,7 +101,7 @@ def load_models(paths: ModelPaths, runtime: RuntimeConfig, *, force: bool = Fals
                 n_threads=runtime.draft_n_threads or runtime.n_threads,
                 n_gpu_layers=(runtime.n_gpu_layers if runtime.draft_n_gpu_layers is None
                               else runtime.draft_n_gpu_layers),
-                n_batch=runtime.n_batch)
+                n_batch=runtime.n_batch, header=d_head)
         except BaseException:
             target.close()
             raise

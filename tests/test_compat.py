@@ -13,6 +13,7 @@ import pytest
 # module constants at import, and other tests (conftest's real_pair) rely on the real ones.
 import huggingface_hub.constants  # noqa: E402,F401
 
+from specli.llama import gguf as specli_gguf
 from specli.models import compat
 from specli.errors import CompatibilityError, ModelError
 from tinymodels import IM_END, n_vocab_base, special_id, vocab_tokens
@@ -66,7 +67,7 @@ def write_vocab_only(path: Path, *, tokens: list[str], model: str = "gpt2", pre:
 def test_reader_matches_gguf_package(tiny_target: Path) -> None:
     import gguf
 
-    header = compat.read_gguf(tiny_target, tensors=True)
+    header = specli_gguf.read_gguf(tiny_target, tensors=True)
     reader = gguf.GGUFReader(tiny_target)
     assert header.version == 3
     assert header.n_tensors == len(reader.tensors)
@@ -104,22 +105,22 @@ def test_reader_rejects_bad_files(tmp_path: Path, content: bytes, message: str) 
     path = tmp_path / "bad.gguf"
     path.write_bytes(content)
     with pytest.raises(ModelError, match=message) as e:
-        compat.read_gguf(path)
+        specli_gguf.read_gguf(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 
 def test_reader_missing_and_directory(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="no such file"):
-        compat.read_gguf(tmp_path / "absent.gguf")
+        specli_gguf.read_gguf(tmp_path / "absent.gguf")
     with pytest.raises(ModelError, match="is a directory"):
-        compat.read_gguf(tmp_path)
+        specli_gguf.read_gguf(tmp_path)
 
 
 def test_truncated_real_header(tiny_target: Path, tmp_path: Path) -> None:
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(tiny_target.read_bytes()[:2000])  # ends inside the token list
     with pytest.raises(ModelError, match="truncated"):
-        compat.read_gguf(cut)
+        specli_gguf.read_gguf(cut)
 
 
 # --------------------------------------------------------------------------- verdicts

@@ -17,7 +17,8 @@ import pytest
 import huggingface_hub.constants  # noqa: E402,F401
 
 from hubserver import HubServer
-from specli.models import registry
+from specli.models import catalogue, resolve
+from specli.models import hub as hf
 from specli.errors import DownloadError
 from test_compat import run_cli
 
@@ -145,32 +146,32 @@ def test_corrupted_cached_file_is_deleted_then_fetched_again(capsys, tmp_path, m
 
 def test_dropped_connection_resumes_within_the_download(server, tiny_bytes) -> None:
     server.cut_after = 3 * CHUNK + 100  # three chunks reach the disk, then the connection drops
-    path = registry.fetch(registry.HubFile(REPO, FILE), progress=False)
+    path = hf.fetch(catalogue.HubFile(REPO, FILE), progress=False)
     assert path.read_bytes() == tiny_bytes
     gets = server.cdn_gets()
     assert [g.range for g in gets] == [None, f"bytes={3 * CHUNK}-"]
 
 
 def test_interrupted_download_resumes_next_time(server, hub_env, tiny_bytes) -> None:
-    hub = registry.HubFile(REPO, FILE, sha256=sha256(tiny_bytes))
+    hub = catalogue.HubFile(REPO, FILE, sha256=sha256(tiny_bytes))
     server.cut_after, server.fail_gets = 2 * CHUNK + 10, 1  # drop, then the retry fails too
     with pytest.raises(DownloadError, match=r"download stopped at 131,072 of .* run the same command again"):
-        registry.fetch(hub, progress=False)
-    partial = [p for p in hub_env.rglob("*") if p.name.endswith(registry.PARTIAL_SUFFIX)]
+        hf.fetch(hub, progress=False)
+    partial = [p for p in hub_env.rglob("*") if p.name.endswith(hf.PARTIAL_SUFFIX)]
     assert [p.stat().st_size for p in partial] == [2 * CHUNK]
-    assert registry.cached_path(hub) is None  # no cache entry until the file is whole and verified
+    assert hf.cached_path(hub) is None  # no cache entry until the file is whole and verified
     server.requests.clear()
-    path = registry.fetch(hub, progress=False)
+    path = hf.fetch(hub, progress=False)
     assert path.read_bytes() == tiny_bytes
     assert [g.range for g in server.cdn_gets()] == [f"bytes={2 * CHUNK}-"]
-    assert not any(p.name.endswith(registry.PARTIAL_SUFFIX) for p in hub_env.rglob("*"))
+    assert not any(p.name.endswith(hf.PARTIAL_SUFFIX) for p in hub_env.rglob("*"))
 
 
 def test_oversized_partial_is_discarded(server, hub_env, tiny_bytes) -> None:
     blobs = hub_env / "models--org--tiny-GGUF" / "blobs"
     blobs.mkdir(parents=True)
-    (blobs / (sha256(tiny_bytes) + registry.PARTIAL_SUFFIX)).write_bytes(bytes(len(tiny_bytes) + 5))
-    path = registry.fetch(registry.HubFile(REPO, FILE), progress=False)
+    (blobs / (sha256(tiny_bytes) + hf.PARTIAL_SUFFIX)).write_bytes(bytes(len(tiny_bytes) + 5))
+    path = hf.fetch(catalogue.HubFile(REPO, FILE), progress=False)
     assert path.read_bytes() == tiny_bytes
     assert [g.range for g in server.cdn_gets()] == [None]
 
@@ -179,19 +180,19 @@ def test_oversized_partial_is_discarded(server, hub_env, tiny_bytes) -> None:
 
 
 def test_cached_file_used_when_the_server_is_down(server, tiny_bytes) -> None:
-    reg = registry.load_registry()
+    reg = catalogue.load_registry()
     ref = f"{REPO}:{FILE}"
-    first = registry.resolve_model(ref, reg, progress=False)
+    first = resolve.resolve_model(ref, reg, progress=False)
     server.stop()
-    assert registry.resolve_model(ref, reg, progress=False) == first  # unpinned: falls back to the cache
+    assert resolve.resolve_model(ref, reg, progress=False) == first  # unpinned: falls back to the cache
     pinned = f"{REPO}:{FILE}@{server.commit}"
-    assert registry.resolve_model(pinned, reg, progress=False) == first
+    assert resolve.resolve_model(pinned, reg, progress=False) == first
 
 
 def test_nothing_cached_and_server_down(capsys, server) -> None:
     server.stop()
     with pytest.raises(DownloadError) as e:
-        registry.fetch(registry.HubFile(REPO, FILE), progress=False)
+        hf.fetch(catalogue.HubFile(REPO, FILE), progress=False)
     message = str(e.value)
     assert f"{REPO}/{FILE} is not in the Hugging Face cache" in message
     assert "cannot be reached" in message
@@ -201,19 +202,19 @@ def test_nothing_cached_and_server_down(capsys, server) -> None:
 
 
 def test_offline_mode(server, monkeypatch, tiny_bytes) -> None:
-    hub = registry.HubFile(REPO, FILE)
-    path = registry.fetch(hub, progress=False)
+    hub = catalogue.HubFile(REPO, FILE)
+    path = hf.fetch(hub, progress=False)
     server.requests.clear()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert registry.fetch(hub, progress=False) == path
+    assert hf.fetch(hub, progress=False) == path
     with pytest.raises(DownloadError, match=r"draft.gguf is not in the Hugging Face cache .* HF_HUB_OFFLINE is set"):
-        registry.fetch(registry.HubFile(REPO, "draft.gguf"), progress=False)
+        hf.fetch(catalogue.HubFile(REPO, "draft.gguf"), progress=False)
     assert server.requests == []
 
 
 def test_pair_resolves_through_the_hub(server, tmp_path, monkeypatch, tiny_bytes, tiny_draft: Path) -> None:
     registry_file(tmp_path, monkeypatch, server, target_sha=sha256(tiny_bytes), size=len(tiny_bytes))
-    target, draft, spec = registry.resolve_pair(registry.load_registry(), pair="tiny-pair", target=None,
+    target, draft, spec = resolve.resolve_pair(catalogue.load_registry(), pair="tiny-pair", target=None,
                                                 draft=None, progress=False)
     assert target.read_bytes() == tiny_bytes and draft.read_bytes() == tiny_draft.read_bytes()
     assert spec.recommended_k == 2
@@ -223,22 +224,22 @@ def test_pair_resolves_through_the_hub(server, tmp_path, monkeypatch, tiny_bytes
 
 
 @pytest.mark.parametrize("hub, message", [
-    (registry.HubFile("org/absent-GGUF", FILE), "repository not found"),
-    (registry.HubFile(REPO, "absent.gguf"), "file not found in the repository"),
-    (registry.HubFile(REPO, FILE, revision="f" * 40), "revision not found"),
+    (catalogue.HubFile("org/absent-GGUF", FILE), "repository not found"),
+    (catalogue.HubFile(REPO, "absent.gguf"), "file not found in the repository"),
+    (catalogue.HubFile(REPO, FILE, revision="f" * 40), "revision not found"),
 ])
 def test_hub_errors(server, hub, message) -> None:
     with pytest.raises(DownloadError, match=message):
-        registry.fetch(hub, progress=False)
+        hf.fetch(hub, progress=False)
 
 
 def test_not_enough_disk_space(server, hub_env, monkeypatch) -> None:
     from collections import namedtuple
 
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(registry.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(hf.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(DownloadError, match=r"needs .* but only .* is free"):
-        registry.fetch(registry.HubFile(REPO, FILE), progress=False)
+        hf.fetch(catalogue.HubFile(REPO, FILE), progress=False)
     assert leftovers(hub_env) == []
 
 
@@ -251,7 +252,7 @@ def test_disk_full_while_writing(server, hub_env, monkeypatch) -> None:
 
     monkeypatch.setattr(huggingface_hub.file_download, "http_get", full)
     with pytest.raises(DownloadError, match="disk full .* the partial file was removed"):
-        registry.fetch(registry.HubFile(REPO, FILE), progress=False)
+        hf.fetch(catalogue.HubFile(REPO, FILE), progress=False)
     assert leftovers(hub_env) == []
 
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from specli.llama import placement
-from specli.models.compat import TensorInfo
+from specli.llama.gguf import TensorInfo
 
 Q4_K, Q6_K, F32 = 12, 14, 0
 

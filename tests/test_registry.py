@@ -16,7 +16,7 @@ import pytest
 # module constants at import, and other tests (conftest's real_pair) rely on the real ones.
 import huggingface_hub.constants  # noqa: E402,F401
 
-from specli.models import registry
+from specli.models import catalogue, resolve
 from specli.errors import ModelError, RegistryError, UsageError
 from test_compat import run_cli
 
@@ -49,7 +49,7 @@ def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def local_pair(config_home: Path, tiny_target: Path, tiny_draft: Path) -> registry.Registry:
+def local_pair(config_home: Path, tiny_target: Path, tiny_draft: Path) -> catalogue.Registry:
     """A user registry whose default pair is the tiny local models."""
     user_file(config_home, f"""
 default_pair = "tiny"
@@ -62,7 +62,7 @@ target = "tiny-target"
 draft = "tiny-draft"
 k = 3
 """)
-    return registry.load_registry()
+    return catalogue.load_registry()
 
 
 # --------------------------------------------------------------------------- built-in file
@@ -70,11 +70,11 @@ k = 3
 
 def test_shipped_copy_is_identical_to_the_root_file() -> None:
     root = (ROOT / "models.toml").read_text(encoding="utf-8")
-    assert registry.builtin_registry_text() == root, "copy models.toml to specli/data/models.toml"
+    assert catalogue.builtin_registry_text() == root, "copy models.toml to specli/data/models.toml"
 
 
 def test_builtin_registry_has_enough_pairs_and_families(config_home: Path) -> None:
-    reg = registry.load_registry()
+    reg = catalogue.load_registry()
     assert len(reg.pairs) >= 8
     families = {reg.models[p.target].family for p in reg.pairs.values()}
     assert len(families) >= 4, families
@@ -87,8 +87,8 @@ def test_builtin_registry_has_enough_pairs_and_families(config_home: Path) -> No
 
 
 def test_default_pair_is_pinned(config_home: Path) -> None:
-    reg = registry.load_registry()
-    target, draft = registry.pair_models(reg, reg.default_pair)
+    reg = catalogue.load_registry()
+    target, draft = catalogue.pair_models(reg, reg.default_pair)
     assert reg.default_pair == "qwen2.5-coder-0.5b-1.5b"
     for spec in (target, draft):
         assert (spec.repo, spec.file, spec.revision, spec.sha256, spec.size) == DEFAULT_FILES[spec.name]
@@ -96,7 +96,7 @@ def test_default_pair_is_pinned(config_home: Path) -> None:
 
 
 def test_pins_are_well_formed(config_home: Path) -> None:
-    reg = registry.load_registry()
+    reg = catalogue.load_registry()
     for spec in reg.models.values():
         if spec.sha256 is not None:  # a pinned checksum always comes with its revision and size
             assert spec.revision is not None and spec.size is not None, spec.name
@@ -128,7 +128,7 @@ target = "qwen2.5-coder-1.5b"
 draft = "other"
 tags = ["mine"]
 """)
-    reg = registry.load_registry()
+    reg = catalogue.load_registry()
     replaced = reg.models["qwen2.5-coder-0.5b"]
     assert (replaced.repo, replaced.revision, replaced.sha256) == ("me/fork-GGUF", None, None)  # whole entry
     assert replaced.source == str(path)
@@ -144,7 +144,7 @@ def test_specli_models_merges_last(config_home: Path, tmp_path: Path, monkeypatc
     monkeypatch.setenv("SPECLI_MODELS", str(explicit))
     extra = tmp_path / "extra.toml"
     extra.write_text('[models.y]\npath = "~/y.gguf"\n')
-    reg = registry.load_registry([extra])
+    reg = catalogue.load_registry([extra])
     assert reg.models["x"].file == "explicit.gguf"
     assert reg.models["y"].path == Path("~/y.gguf").expanduser()
     assert reg.sources[-2:] == [str(explicit), str(extra)]
@@ -153,13 +153,13 @@ def test_specli_models_merges_last(config_home: Path, tmp_path: Path, monkeypatc
 def test_missing_specli_models_file(config_home: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("SPECLI_MODELS", str(tmp_path / "nope.toml"))
     with pytest.raises(RegistryError, match="nope.toml: registry file not found"):
-        registry.load_registry()
+        catalogue.load_registry()
 
 
 def test_user_file_follows_xdg_config_home(config_home: Path, monkeypatch) -> None:
-    assert registry.user_registry_path() == config_home / "specli" / "models.toml"
+    assert catalogue.user_registry_path() == config_home / "specli" / "models.toml"
     monkeypatch.delenv("XDG_CONFIG_HOME")
-    assert registry.user_registry_path() == Path.home() / ".config" / "specli" / "models.toml"
+    assert catalogue.user_registry_path() == Path.home() / ".config" / "specli" / "models.toml"
 
 
 # --------------------------------------------------------------------------- bad files
@@ -188,7 +188,7 @@ def test_user_file_follows_xdg_config_home(config_home: Path, monkeypatch) -> No
 def test_bad_user_file(config_home: Path, text: str, message: str) -> None:
     path = user_file(config_home, text)
     with pytest.raises(RegistryError, match=message) as e:
-        registry.load_registry()
+        catalogue.load_registry()
     assert "\n" not in str(e.value)
     if "unknown draft" not in message and "default_pair" not in message:
         assert str(path) in str(e.value)  # names the file
@@ -215,49 +215,49 @@ def test_bad_user_file_through_the_cli(capsys, config_home: Path) -> None:
     ("name", None),
 ])
 def test_parse_hub_ref(ref: str, expected) -> None:
-    hub = registry.parse_hub_ref(ref)
+    hub = catalogue.parse_hub_ref(ref)
     assert (None if hub is None else (hub.repo, hub.file, hub.revision)) == expected
 
 
-def test_resolve_local_paths(local_pair: registry.Registry, tiny_target: Path, tmp_path: Path) -> None:
+def test_resolve_local_paths(local_pair: catalogue.Registry, tiny_target: Path, tmp_path: Path) -> None:
     reg = local_pair
-    assert registry.resolve_model("tiny-target", reg) == tiny_target
-    assert registry.resolve_model(str(tiny_target), reg) == tiny_target
+    assert resolve.resolve_model("tiny-target", reg) == tiny_target
+    assert resolve.resolve_model(str(tiny_target), reg) == tiny_target
     with pytest.raises(ModelError, match=f"{tmp_path / 'absent.gguf'}: no such file"):
-        registry.resolve_model(str(tmp_path / "absent.gguf"), reg)
+        resolve.resolve_model(str(tmp_path / "absent.gguf"), reg)
     text = tmp_path / "text.gguf"
     text.write_text("not a model")
     with pytest.raises(ModelError, match="not a GGUF file"):
-        registry.resolve_model(str(text), reg)
+        resolve.resolve_model(str(text), reg)
     with pytest.raises(ModelError, match="is a directory"):
-        registry.resolve_model(str(tmp_path), reg)
+        resolve.resolve_model(str(tmp_path), reg)
 
 
-def test_unknown_reference_suggests_names(local_pair: registry.Registry) -> None:
+def test_unknown_reference_suggests_names(local_pair: catalogue.Registry) -> None:
     with pytest.raises(UsageError, match=r"'tiny-targt' is not a registry model \(did you mean 'tiny-target'"):
-        registry.resolve_model("tiny-targt", local_pair)
+        resolve.resolve_model("tiny-targt", local_pair)
 
 
-def test_resolve_pair_rules(local_pair: registry.Registry, tiny_target: Path, tiny_draft: Path,
+def test_resolve_pair_rules(local_pair: catalogue.Registry, tiny_target: Path, tiny_draft: Path,
                             tiny_draft_padded: Path) -> None:
     reg = local_pair
-    target, draft, spec = registry.resolve_pair(reg, pair=None, target=None, draft=None)
+    target, draft, spec = resolve.resolve_pair(reg, pair=None, target=None, draft=None)
     assert (target, draft, spec.name, spec.recommended_k) == (tiny_target, tiny_draft, "tiny", 3)
-    assert registry.resolve_pair(reg, pair="tiny", target=None, draft=None)[:2] == (tiny_target, tiny_draft)
+    assert resolve.resolve_pair(reg, pair="tiny", target=None, draft=None)[:2] == (tiny_target, tiny_draft)
     # --target alone: no draft model (target alone or n-gram drafting)
-    assert registry.resolve_pair(reg, pair=None, target="tiny-target", draft=None) == (tiny_target, None, None)
+    assert resolve.resolve_pair(reg, pair=None, target="tiny-target", draft=None) == (tiny_target, None, None)
     # --target and --draft naming a registry pair's two models: that pair comes back too
-    assert registry.resolve_pair(reg, pair=None, target="tiny-target", draft="tiny-draft")[2].name == "tiny"
+    assert resolve.resolve_pair(reg, pair=None, target="tiny-target", draft="tiny-draft")[2].name == "tiny"
     # --draft alone replaces the default pair's draft
-    target, draft, spec = registry.resolve_pair(reg, pair=None, target=None, draft=str(tiny_draft_padded))
+    target, draft, spec = resolve.resolve_pair(reg, pair=None, target=None, draft=str(tiny_draft_padded))
     assert (target, draft, spec) == (tiny_target, tiny_draft_padded, None)
 
 
-def test_resolve_pair_errors(local_pair: registry.Registry) -> None:
+def test_resolve_pair_errors(local_pair: catalogue.Registry) -> None:
     with pytest.raises(UsageError, match="either --pair or --target/--draft"):
-        registry.resolve_pair(local_pair, pair="tiny", target="tiny-target", draft=None)
+        resolve.resolve_pair(local_pair, pair="tiny", target="tiny-target", draft=None)
     with pytest.raises(UsageError, match=r"unknown pair 'tinny' \(did you mean 'tiny'"):
-        registry.resolve_pair(local_pair, pair="tinny", target=None, draft=None)
+        resolve.resolve_pair(local_pair, pair="tinny", target=None, draft=None)
 
 
 # --------------------------------------------------------------------------- models list

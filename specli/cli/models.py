@@ -78,12 +78,12 @@ def _size(n: int | None) -> str:
 
 
 def _pair_rows(reg) -> list[dict]:
-    from specli.models import registry
+    from specli.models import hub as hf
 
     rows = []
     for p in reg.pairs.values():
         target, draft = reg.models[p.target], reg.models[p.draft]
-        cached = [registry.is_cached(m.hub) if m.hub else m.path.is_file() for m in (target, draft)]
+        cached = [hf.is_cached(m.hub) if m.hub else m.path.is_file() for m in (target, draft)]
         sizes = [m.size for m in (target, draft)]
         rows.append({
             "name": p.name, "default": p.name == reg.default_pair,
@@ -100,7 +100,7 @@ def _pair_rows(reg) -> list[dict]:
 def list_cmd(json_out: JsonOpt = False) -> None:
     from rich.table import Table
 
-    from specli.models.registry import load_registry
+    from specli.models.catalogue import load_registry
 
     reg = load_registry()
     rows = _pair_rows(reg)
@@ -120,7 +120,7 @@ def list_cmd(json_out: JsonOpt = False) -> None:
 
 def _pull_items(reg, refs: list[str]) -> list[tuple[str, object]]:
     """Arguments -> unique (label, HubFile) to pull: pair names, model names, org/repo:file."""
-    from specli.models.registry import parse_hub_ref
+    from specli.models.catalogue import parse_hub_ref
 
     items: dict[object, str] = {}
     for ref in refs or [reg.default_pair]:
@@ -155,9 +155,10 @@ def pull_cmd(
         help="Pairs, registry models or org/repo:file.gguf[@rev] (default: the default pair).",
         show_default=False)] = None,
 ) -> None:
-    from specli.models import registry
+    from specli.models import catalogue
+    from specli.models.hub import pull
 
-    reg = registry.load_registry()
+    reg = catalogue.load_registry()
     items = _pull_items(reg, refs or [])
     out, err = consoles()
     failed = []
@@ -165,7 +166,7 @@ def pull_cmd(
         size = f", {_size(hub.size)}" if hub.size else ""
         err.print(f"{label}: {hub.repo}/{hub.file}{size}")
         try:
-            path, digest = registry.pull(hub, progress=True, name=label)
+            path, digest = pull(hub, progress=True, name=label)
         except DownloadError as e:
             err.print(f"  [red]failed:[/] {e}", markup=True)
             failed.append(label)
@@ -182,11 +183,11 @@ def check_cmd(
     target: Annotated[str, typer.Argument(help="The target model.", show_default=False)],
     json_out: JsonOpt = False,
 ) -> None:
-    from specli.models import compat, registry
+    from specli.models import catalogue, compat, resolve
 
-    reg = registry.load_registry()
-    d_path = registry.resolve_model(draft, reg)
-    t_path = registry.resolve_model(target, reg)
+    reg = catalogue.load_registry()
+    d_path = resolve.resolve_model(draft, reg)
+    t_path = resolve.resolve_model(target, reg)
     report = compat.check_pair(d_path, t_path)
     out, err = consoles(plain=json_out)
     if json_out:
@@ -245,10 +246,10 @@ def info_cmd(
 ) -> None:
     from rich.table import Table
 
-    from specli.models import compat, registry
+    from specli.models import catalogue, compat, resolve
 
-    reg = registry.load_registry()
-    path = registry.resolve_model(model, reg)
+    reg = catalogue.load_registry()
+    path = resolve.resolve_model(model, reg)
     info = compat.model_info(path)
     spec = reg.models.get(model)
     if spec is not None and spec.hub is not None:

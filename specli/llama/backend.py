@@ -54,13 +54,6 @@ def physical_cores() -> int:
     return max(1, (os.cpu_count() or 2) // 2 if (os.cpu_count() or 1) > 2 else (os.cpu_count() or 1))
 
 
-def check_gguf_file(path: Path) -> None:
-    """Raise ModelError (one line, naming the file) unless `path` is a readable GGUF file."""
-    from specli.models.registry import check_gguf  # one check for the whole project
-
-    check_gguf(Path(path))
-
-
 def _u8_ptr(a: np.ndarray):
     """A uint8* to a contiguous numpy array's bytes, for llama.cpp's state calls."""
     return a.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
@@ -217,10 +210,10 @@ def system_info() -> str:
     return _llama().llama_print_system_info().decode("utf-8", "replace").strip()
 
 
-def plan_placement(path: Path, n_gpu_layers: int, env: dict | None = None):
+def plan_placement(path: Path, n_gpu_layers: int, env: dict | None = None, header=None):
     """The Placement (specli.llama.placement) for loading `path` here: asks the backend which
     extra buffer types it offers and, when AMX is among them, which weights CPU_REPACK
-    takes."""
+    takes (from the tensors of `header`, read from `path` when not given)."""
     from specli.llama import placement
 
     bufts = cpu_extra_bufts()
@@ -228,9 +221,10 @@ def plan_placement(path: Path, n_gpu_layers: int, env: dict | None = None):
     if placement.AMX not in bufts or allow:
         return placement.decide(list(bufts), [], lambda t: False, n_layer=0,
                                 n_gpu_layers=n_gpu_layers, allow_amx=allow), bufts
-    from specli.models.compat import read_gguf
+    from specli.llama.gguf import read_gguf
 
-    header = read_gguf(path, tensors=True)
+    if header is None or header.tensors is None:
+        header = read_gguf(path, tensors=True)
     n_layer = int(header.arch_key("block_count") or 0)
     seen: dict[tuple, bool] = {}  # one backend query per (type, shape)
 
@@ -335,14 +329,20 @@ class LlamaModel:
         n_threads: int | None = None,
         n_gpu_layers: int | None = None,
         n_batch: int = 512,
+        header=None,
     ) -> None:
+        """`header`: the file's llama.gguf.GGUFHeader with tensors, if already read (a load
+        reads it once, for the pair check and the placement alike)."""
+        from specli.llama.gguf import check_gguf
+
         self.path = Path(path)
-        check_gguf_file(self.path)
+        if header is None:
+            check_gguf(self.path)
         lc = self._lc = _llama()
         n_gpu_layers = resolve_gpu_layers(n_gpu_layers)
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
-        self.placement, bufts = plan_placement(self.path, n_gpu_layers)
+        self.placement, bufts = plan_placement(self.path, n_gpu_layers, header=header)
         log.debug("%s: buffer types: %s", self.path.name, self.placement.reason)
         mparams.use_extra_bufts = self.placement.use_extra_bufts
         overrides = _override_array(self.placement.overrides, bufts)  # alive until loaded

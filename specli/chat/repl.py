@@ -1,4 +1,4 @@
-"""The chat REPL: history, slash commands, transcripts, and the live view of each reply.
+"""The chat REPL: history, slash commands, and the live view of each reply.
 
 What a reply does with the models (template, tokens, KV reuse between turns, trimming
 the oldest turns when the conversation no longer fits) is the conversation core's
@@ -13,21 +13,17 @@ consoles, so tests drive it exactly as the terminal does.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Callable
 
+from specli.chat.input import PROMPT, LineCancelled, read_message
+from specli.chat.transcript import Transcript, save_transcript
 from specli.config import SamplingConfig, SpecConfig, parse_k
 from specli.conversation import Conversation, Turn
 from specli.errors import SpecliError, UsageError
 
-PROMPT, CONTINUE = ">>> ", "... "
-FENCE = '"""'
-FORMAT = "specli-chat"
 SHOW_MODES = ("rejected", "accepted", "plain")
 
 HELP = """\
@@ -46,82 +42,6 @@ Multi-line input: end a line with \\ to continue it, or paste between two \"\"\"
 Start a message with // to send a line that begins with /."""
 ALIASES = {"temperature": "temp", "t": "temp", "h": "help", "?": "help"}  # also understood
 
-
-class LineCancelled(Exception):
-    """Ctrl-C on a prompt that already held text: drop that text, do not exit."""
-
-
-# --- transcripts ------------------------------------------------------------------------
-@dataclass
-class Transcript:
-    """A conversation: the system prompt, every message, and where the context starts.
-
-    `messages` holds user/assistant messages only (dicts with role, content and, for a
-    reply cut by Ctrl-C, interrupted=True). Messages before `start` were dropped from
-    the context (overflow or /reset) but are kept here, so nothing typed is lost.
-    """
-
-    system: str | None = None
-    messages: list[dict] = field(default_factory=list)
-    start: int = 0
-
-    def to_json(self) -> dict:
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        body = [{k: v for k, v in m.items() if k in _SAVED_KEYS} for m in self.messages]
-        return {"format": FORMAT, "version": 1, "messages": head + body,
-                "context_start": len(head) + self.start}
-
-
-_SAVED_KEYS = ("role", "content", "interrupted")
-
-
-def load_transcript(path: Path) -> Transcript:
-    """Read a transcript written by --save or /save (or a bare OpenAI-style message list)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"transcript not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read transcript {path}: {getattr(e, 'strerror', None) or e}") from None
-    except json.JSONDecodeError as e:
-        raise UsageError(f"transcript {path} is not valid JSON: {e}") from None
-    raw = data.get("messages") if isinstance(data, dict) else data
-    if not isinstance(raw, list):
-        raise UsageError(f"transcript {path} has no 'messages' list")
-    system, messages = None, []
-    for i, m in enumerate(raw):
-        if not (isinstance(m, dict) and isinstance(m.get("content"), str)
-                and m.get("role") in ("system", "user", "assistant")):
-            raise UsageError(f"transcript {path}: message {i} needs a role (system, user or "
-                             "assistant) and a text content")
-        if m["role"] == "system":
-            if i:
-                raise UsageError(f"transcript {path}: only the first message may be a system prompt")
-            system = m["content"]
-        else:
-            messages.append({k: v for k, v in m.items() if k in _SAVED_KEYS})
-    start = data.get("context_start", 0) if isinstance(data, dict) else 0
-    start = start - (1 if system is not None else 0) if isinstance(start, int) else 0
-    return Transcript(system, messages, min(max(start, 0), len(messages)))
-
-
-def save_transcript(path: Path, transcript: Transcript) -> None:
-    """Write atomically (temp file + rename): a crash never leaves half a transcript."""
-    path = Path(path)
-    text = json.dumps(transcript.to_json(), ensure_ascii=False, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 # --- statistics -------------------------------------------------------------------------
@@ -167,113 +87,6 @@ def totals_line(t: Totals) -> str:
             f"accepted {_acceptance(t.accepted, t.drafted)} · prompt tokens evaluated "
             f"{t.prompt_evaluated} of {t.prompt_tokens}")
 
-
-# --- input ------------------------------------------------------------------------------
-def terminal_reader(prompt_file: TextIO | None = None) -> Callable[[str], str]:
-    """input() with readline line editing and arrow-key history, where available.
-
-    With stdout redirected, the prompt goes to `prompt_file` (stderr) so stdout keeps only
-    replies. Ctrl-C on a line that holds text raises LineCancelled instead of exiting.
-    """
-    try:
-        import readline
-    except ImportError:  # e.g. Windows without pyreadline: plain input, no history
-        readline = None
-
-    def read(prompt: str) -> str:
-        if prompt_file is not None:
-            prompt_file.write(prompt)
-            prompt_file.flush()
-            prompt = ""
-        try:
-            return input(prompt)
-        except KeyboardInterrupt:
-            if readline is not None and readline.get_line_buffer():
-                raise LineCancelled from None
-            raise
-
-    return read
-
-
-@contextmanager
-def no_echo(stream: TextIO):
-    """Turn off terminal echo while a reply streams, so that keys typed ahead do not scramble
-    the live view; they stay queued and readline shows them at the next prompt."""
-    try:
-        import termios
-    except ImportError:  # not POSIX
-        termios = None
-    errors = (OSError, ValueError, AttributeError) + ((termios.error,) if termios else ())
-    try:
-        fd = stream.fileno()
-        saved = termios.tcgetattr(fd) if termios is not None else None
-    except errors:  # not a terminal
-        saved = None
-    if saved is None:
-        yield
-        return
-    quiet = termios.tcgetattr(fd)
-    quiet[3] &= ~termios.ECHO
-    termios.tcsetattr(fd, termios.TCSANOW, quiet)
-    try:
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSANOW, saved)
-
-
-def stream_reader(stream: TextIO) -> Callable[[str], str]:
-    """Lines from a pipe or file; EOFError at its end. Prompts are not shown."""
-
-    def read(prompt: str) -> str:
-        line = stream.readline()
-        if not line:
-            raise EOFError
-        return line.rstrip("\r\n")
-
-    return read
-
-
-def read_message(read: Callable[[str], str]) -> str:
-    """One complete input: a line, lines joined by trailing backslashes, or a \"\"\" block.
-
-    EOF inside a block or after a backslash ends the input with what was typed.
-    """
-    line = read(PROMPT)
-    if line.lstrip().startswith(FENCE):
-        rest = line.lstrip()[len(FENCE):]
-        if rest.rstrip().endswith(FENCE):  # """one line"""
-            return rest.rstrip()[: -len(FENCE)]
-        lines = [rest] if rest.strip() else []
-        while True:
-            try:
-                nxt = _read_more(read)
-            except EOFError:
-                break
-            if nxt.rstrip().endswith(FENCE):
-                lines.append(nxt.rstrip()[: -len(FENCE)])
-                break
-            lines.append(nxt)
-        while lines and not lines[-1].strip():
-            lines.pop()
-        return "\n".join(lines)
-    parts = []
-    while line.endswith("\\"):
-        parts.append(line[:-1])
-        try:
-            line = _read_more(read)
-        except EOFError:
-            line = ""
-            break
-    parts.append(line)
-    return "\n".join(parts)
-
-
-def _read_more(read: Callable[[str], str]) -> str:
-    """A continuation line; Ctrl-C there drops the whole input rather than exiting."""
-    try:
-        return read(CONTINUE)
-    except KeyboardInterrupt:
-        raise LineCancelled from None
 
 
 # --- the session ------------------------------------------------------------------------
