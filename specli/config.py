@@ -11,7 +11,6 @@ K_MAX = 64
 PROMPT_CACHE_MB = 512  # saved prompt states per model (specli.promptcache; serve --cache-mb)
 PROMPT_CACHE_BYTES = PROMPT_CACHE_MB * 2**20
 KSpec = Union[int, Literal["auto"]]
-DrafterName = Literal["model", "ngram", "auto"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class SpecConfig:
     k: KSpec = 4
     max_tokens: int = 256
     seed: int = 0
-    drafter: DrafterName = "model"
+    drafter: str = "model"  # a name in core.drafters.DRAFTERS
     k_max: int = 8  # upper bound used by k="auto"
     strict: bool = False  # verify in batch-invariant chunks (see specli.core.numerics)
 

@@ -283,7 +283,7 @@ class Conversation:
         name = drafter_name or self.gen.drafter_name
         if self._ngram is None:
             self._ngram = NgramDrafter()
-        if prediction and drafter_kind(name).predictions:
+        if prediction and drafter_kind(name).lookup:
             self._ngram.set_reference(prediction, anchor)
         drafter = self.gen.drafter(sampling, name, ngram=self._ngram)
         key = (spec.k, spec.k_max, name, sampling)

@@ -293,13 +293,10 @@ class Generation:
         remember(policy, self.costs if policy.measured() is not None else None,
                  self.loaded.target, self.loaded.draft)
 
-    def strict_chunk(self, spec: SpecConfig, policy, context: int = 0):
-        """--strict: the verify-call rule for this generation (None otherwise); --k auto
-        is told the call size at this context length, to price the chunk sequence."""
-        chunk = self.verify_chunk() if spec.strict and spec.k != 0 else None
-        if chunk:
-            policy.price_chunk(chunk(context))
-        return chunk
+    def strict_chunk(self, spec: SpecConfig):
+        """--strict: the verify-call rule for this generation (None otherwise). The engine
+        tells the policy the call size before each round, so --k auto prices the chunks."""
+        return self.verify_chunk() if spec.strict and spec.k != 0 else None
 
     def numerics(self, fresh: bool = False):
         """The target's batch-numerics gap on this machine: remembered, else measured (and
@@ -335,7 +332,7 @@ class Generation:
         if drafter is None and spec.k != 0:
             drafter = self.drafter(sampling)
         policy = policy or self.policy(spec)
-        chunk = self.strict_chunk(spec, policy, len(tokens))
+        chunk = self.strict_chunk(spec)
         events = speculative_generate(self.loaded.target, drafter, tokens, sampling,
                                       spec, policy=policy, n_vocab=self.loaded.n_vocab,
                                       verify_chunk=chunk, trace=trace)

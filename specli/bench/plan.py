@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from specli.config import K_MAX, KSpec
-from specli.core.drafters import DRAFTER_NAMES
+from specli.config import K_MAX, KSpec, parse_k
+from specli.core.drafters import DRAFTER_NAMES, DRAFTERS
 from specli.errors import UsageError
 
 ORDER = ("for each repeat, for each prompt: K=0 (baseline), then for each drafter in --drafter "
@@ -45,12 +45,14 @@ def _parse_k_item(part: str) -> list[KSpec]:
 
 
 def _k_int(text: str, item: str) -> int:
+    """One K of a --k list (an item or the end of a range): an integer as parse_k reads it."""
     try:
-        k = int(text)
-    except ValueError:
-        raise UsageError(f"--k: {item!r} is not an integer, a range like 1..8, or 'auto'") from None
-    if not 0 <= k <= K_MAX:
-        raise UsageError(f"--k: {k} is out of range 0..{K_MAX}")
+        k = parse_k(text)
+    except UsageError:
+        k = None
+    if not isinstance(k, int):
+        raise UsageError(f"--k: {item!r} is not an integer in 0..{K_MAX}, a range like 1..8, "
+                         "or 'auto'") from None
     return k
 
 
@@ -150,6 +152,6 @@ class BenchConfig:
         """Largest verify batch of auto's n-gram drafts (1 when no variant has them)."""
         from specli.core.policy import NGRAM_K_MAX
 
-        ngram = "auto" in self.ks and any(d in ("ngram", "auto") for d in self.drafters)
+        ngram = "auto" in self.ks and any(DRAFTERS[d].lookup for d in self.drafters)
         return NGRAM_K_MAX + 1 if ngram else 1
 

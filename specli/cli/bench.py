@@ -78,6 +78,7 @@ def bench_cmd(
 ) -> None:
     from specli.bench.plan import BenchConfig, parse_drafters, parse_k_list
     from specli.bench.sweep import run_bench
+    from specli.core.drafters import DRAFTERS
     from specli.views.render_bench import print_report
 
     draft, drafter = replace(opts, drafter=drafter).models()
@@ -87,7 +88,7 @@ def bench_cmd(
     out, err = consoles(plain=plain)
     to_stdout = json_file == "-"
     _check_writable(json_file if not to_stdout else None, csv_file, html_file)
-    needs_model = any(d in ("model", "auto") for d in cfg.drafters)
+    needs_model = any(DRAFTERS[d].loads_model for d in cfg.drafters)
     k_load = "auto" if "auto" in cfg.ks else str(max(x for x in cfg.ks if x != "auto"))
     load = replace(opts, draft=draft, drafter="model" if needs_model else "ngram", k=k_load,
                    max_tokens=max_tokens)

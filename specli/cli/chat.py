@@ -10,7 +10,7 @@ import typer
 
 from specli.cli._app import app
 from specli.cli.common import consoles, open_session
-from specli.cli.options import SystemOpt, generation_options
+from specli.cli.options import PlainOpt, ShowOpt, SystemOpt, check_show, generation_options
 from specli.errors import UsageError
 from specli.session import Options
 
@@ -43,10 +43,8 @@ def chat_cmd(
     save: Annotated[Optional[Path], typer.Option(
         "--save", help="Write the JSON transcript to this file after every turn.",
         rich_help_panel="Conversation")] = None,
-    plain: Annotated[bool, typer.Option("--plain", help="Plain text: no colours, no live footer.",
-                                        rich_help_panel="Output")] = False,
-    show: Annotated[str, typer.Option("--show", help="rejected (show rejected drafts), accepted, or plain.",
-                                      rich_help_panel="Output")] = "rejected",
+    plain: PlainOpt = False,
+    show: ShowOpt = "rejected",
     html_file: Annotated[Optional[Path], typer.Option(
         "--html", help="After every reply, write a self-contained HTML trace of that reply to FILE (tokens with p, q and the draws behind each verdict, charts, stats).",
         rich_help_panel="Output")] = None,
@@ -54,8 +52,7 @@ def chat_cmd(
     from specli.chat import (ChatSession, load_transcript, no_echo, save_transcript,
                              stream_reader, terminal_reader)
 
-    if show not in ("rejected", "accepted", "plain"):
-        raise UsageError(f"--show must be rejected, accepted or plain, got {show!r}")
+    check_show(show)
     transcript = load_transcript(load) if load is not None else None  # fail before loading models
     for opt, path in (("--save", save), ("--html", html_file)):
         if path is not None and not path.parent.resolve().is_dir():

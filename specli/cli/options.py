@@ -67,6 +67,11 @@ DraftNglOpt = Annotated[Optional[int], typer.Option(
 StrictOpt = Annotated[bool, typer.Option(
     "--strict", help="Verify in batches small enough that the target computes bit for bit the logits it computes alone (K = 0): exact with respect to --k 0 on this machine's kernels, at some cost (see README, How exactness works).",
     rich_help_panel="Speculation")]
+PlainOpt = Annotated[bool, typer.Option("--plain", help="Plain text: no colours, no live footer.",
+                                        rich_help_panel="Output")]
+ShowOpt = Annotated[str, typer.Option("--show", help="rejected (show rejected drafts), accepted, or plain.",
+                                      rich_help_panel="Output")]
+SHOW_MODES = ("rejected", "accepted", "plain")
 SystemOpt = Annotated[Optional[str], typer.Option("--system", help="System prompt.", rich_help_panel="Prompt")]
 
 
@@ -116,3 +121,11 @@ def generation_options(*, omit: tuple[str, ...] = (), **defaults):
 def _is_argument(annotation) -> bool:
     return any(isinstance(m, typer.models.ArgumentInfo)
                for m in getattr(annotation, "__metadata__", ()))
+
+
+def check_show(show: str) -> None:
+    """--show's value, checked before any model loads."""
+    if show not in SHOW_MODES:
+        from specli.errors import UsageError
+
+        raise UsageError(f"--show must be rejected, accepted or plain, got {show!r}")

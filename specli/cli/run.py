@@ -10,7 +10,7 @@ import typer
 
 from specli.cli._app import app
 from specli.cli.common import consoles, open_session, read_prompt, round_record, write_trace_html
-from specli.cli.options import SystemOpt, generation_options
+from specli.cli.options import PlainOpt, check_show, ShowOpt, SystemOpt, generation_options
 from specli.errors import UsageError
 from specli.session import Options
 
@@ -46,16 +46,13 @@ def run_cmd(
                                       rich_help_panel="Prompt")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object (text, tokens, rounds, stats) to stdout.",
                                            rich_help_panel="Output")] = False,
-    plain: Annotated[bool, typer.Option("--plain", help="Plain text: no colours, no live footer.",
-                                        rich_help_panel="Output")] = False,
-    show: Annotated[str, typer.Option("--show", help="rejected (show rejected drafts), accepted, or plain.",
-                                      rich_help_panel="Output")] = "rejected",
+    plain: PlainOpt = False,
+    show: ShowOpt = "rejected",
     html_file: Annotated[Optional[Path], typer.Option(
         "--html", help="Also write a self-contained HTML trace to FILE: tokens with p, q and the draws behind each verdict, charts, stats.",
         rich_help_panel="Output")] = None,
 ) -> None:
-    if show not in ("rejected", "accepted", "plain"):
-        raise UsageError(f"--show must be rejected, accepted or plain, got {show!r}")
+    check_show(show)
     if html_file is not None and not html_file.resolve().parent.is_dir():
         raise UsageError(f"cannot write {html_file}: no such directory {html_file.parent}")
     text = read_prompt(prompt, file)

@@ -259,7 +259,7 @@ class DrafterKind:
     help: str
     model: str  # the draft model: "required", "optional" (used when loaded) or "unused"
     build: Callable[..., Drafter]  # (draft_model | None, sampling, n_vocab, ngram) -> Drafter
-    predictions: bool = False  # drafts from a request's predicted output (serve)
+    lookup: bool = False  # drafts by n-gram lookup: the context's, and a request's prediction
 
     @property
     def loads_model(self) -> bool:
@@ -289,9 +289,9 @@ def _hybrid(draft, sampling, n_vocab, ngram) -> Drafter:
 DRAFTERS: dict[str, DrafterKind] = {k.name: k for k in (
     DrafterKind("model", "the draft model, one token at a time", "required", _model),
     DrafterKind("ngram", "prompt lookup: what followed an earlier match (free)", "unused",
-                _ngram, predictions=True),
+                _ngram, lookup=True),
     DrafterKind("auto", "n-gram when the text repeats, else the draft model", "optional",
-                _hybrid, predictions=True),
+                _hybrid, lookup=True),
 )}
 DRAFTER_NAMES = tuple(DRAFTERS)
 

@@ -35,15 +35,26 @@ def check_gguf(path: Path) -> Path:
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
-    except FileNotFoundError:
-        raise ModelError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ModelError(f"{path}: is a directory, not a GGUF file") from None
     except OSError as e:
-        raise ModelError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise _unreadable(path, e) from None
     if magic != GGUF_MAGIC:
-        raise ModelError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF')")
+        raise _not_gguf(path)
     return path
+
+
+def _not_gguf(path: Path) -> ModelError:
+    return ModelError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF')")
+
+
+def _unreadable(path: Path, e: OSError) -> ModelError:
+    """The one-line error for a GGUF file that cannot be opened or read."""
+    if isinstance(e, FileNotFoundError):
+        return ModelError(f"{path}: no such file")
+    if isinstance(e, IsADirectoryError):
+        return ModelError(f"{path}: is a directory, not a GGUF file")
+    if isinstance(e, PermissionError):
+        return ModelError(f"{path}: permission denied")
+    return ModelError(f"{path}: cannot read ({e.strerror or e})")
 
 
 @dataclass(frozen=True)
@@ -139,17 +150,11 @@ def read_gguf(path: str | Path, *, tensors: bool = False) -> GGUFHeader:
         with open(path, "rb") as f:
             size = path.stat().st_size
             if size < 24 or f.read(4) != GGUF_MAGIC:
-                raise ModelError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF')")
+                raise _not_gguf(path)
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                 return _parse(buf, path, size, tensors)
-    except FileNotFoundError:
-        raise ModelError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ModelError(f"{path}: is a directory, not a GGUF file") from None
-    except PermissionError:
-        raise ModelError(f"{path}: permission denied") from None
     except OSError as e:
-        raise ModelError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise _unreadable(path, e) from None
 
 
 def _parse(buf: mmap.mmap, path: Path, size: int, tensors: bool) -> GGUFHeader:

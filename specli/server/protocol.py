@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from specli.config import SamplingConfig, SpecConfig, parse_k
 from specli.errors import UsageError
@@ -50,8 +50,17 @@ class Speculative(_Strict):
     """specli's extension: override the server's speculation for one request."""
 
     k: Union[int, str, None] = None
-    drafter: Literal["auto", "model", "ngram", None] = None
+    drafter: str | None = None  # a name in core.drafters.DRAFTERS
     strict: bool | None = None
+
+    @field_validator("drafter")
+    @classmethod
+    def _registered(cls, name: str | None) -> str | None:
+        from specli.core.drafters import DRAFTER_NAMES
+
+        if name is not None and name not in DRAFTER_NAMES:
+            raise ValueError(f"must be one of {', '.join(map(repr, DRAFTER_NAMES))}")
+        return name
 
 
 class Prediction(_Strict):

@@ -1,4 +1,4 @@
-"""Rich views of a bench summary (the plain dict from specli.bench.summarize).
+"""Rich views of a bench summary (the plain dict from specli.bench.summary.summarize).
 
 They read only the summary, so a saved `--json` file renders the same way. Each function
 returns a renderable; `print_report` prints them all to a Console it is given.
