@@ -509,12 +509,14 @@ class Specli:
     `specli bench` once fills them; SPECLI_COST_CACHE=off measures a cold start)."""
 
     def __init__(self, s: Setup, load_draft: bool = True, fresh_cache: bool = True) -> None:
-        from specli.config import RuntimeConfig
-        from specli.session import ModelPaths, load_models
+        from specli.config import RuntimeConfig, SamplingConfig, SpecConfig
+        from specli.session import Generation, ModelPaths, load_models
 
         paths = ModelPaths(s.target, s.draft)
         rt = RuntimeConfig(n_ctx=s.ctx, n_threads=s.threads, draft_n_threads=s.draft_threads)
         self.loaded = load_models(paths, rt, load_draft=load_draft)
+        self.gen = Generation(self.loaded, paths, SamplingConfig(temperature=0.0),
+                              SpecConfig(k=0, max_tokens=s.n), "model")
         self.n = s.n
         self.fresh_cache = fresh_cache
         self.sampler = None  # CostSampler, once sample_costs runs
@@ -543,32 +545,19 @@ class Specli:
         return tokenize_chat(self.loaded.target, tpl, messages), tpl.render(messages)
 
     def run(self, tokens: list[int], drafter: str, k) -> dict:
-        from specli.config import SamplingConfig, SpecConfig
-        from specli.core.engine import Done, speculative_generate
+        from specli.config import SpecConfig
         from specli.session import make_drafter
-        from specli.core.policy import make_policy
 
-        sampling = SamplingConfig(temperature=0.0)
         spec = SpecConfig(k=k, max_tokens=self.n, seed=0, drafter=drafter)
-        d = make_drafter(self.loaded, drafter, sampling) if k != 0 else None
+        # A fresh drafter each run, as `specli run` has; --k auto starts from the costs
+        # remembered on this machine and keeps what it measured (Generation.generate).
+        d = make_drafter(self.loaded, drafter, self.gen.sampling) if k != 0 else None
         if self.fresh_cache:  # like each native run: empty KV caches (the prefill is not timed)
             for m in (self.loaded.target, self.loaded.draft):
                 if m is not None:
                     m.reset()
-        done = None
-        policy = make_policy(spec)
-        if k == "auto":  # as `specli run` does: start from the costs remembered on this machine
-            from specli.core.costcache import CostCache, remember, seed_policy
-
-            costs = CostCache.open()
-            seed_policy(policy, costs, self.loaded.target, self.loaded.draft)
         busy0, t0, own0 = cpu_busy_seconds(), time.monotonic(), _own_cpu()
-        for ev in speculative_generate(self.loaded.target, d, tokens, sampling, spec,
-                                       policy=policy, n_vocab=self.loaded.n_vocab):
-            if isinstance(ev, Done):
-                done = ev
-        if k == "auto":
-            remember(policy, costs, self.loaded.target, self.loaded.draft)
+        done, _ = self.gen.collect(self.gen.generate(tokens, spec=spec, drafter=d))
         st = done.stats
         return {"engine": "specli", "mode": "target" if k == 0 else drafter, "k": k,
                 "tokens": st.new_tokens, "seconds": st.decode_seconds, "tok_s": st.tokens_per_s,

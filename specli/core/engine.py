@@ -143,13 +143,22 @@ def collect(events: Iterator[Round | Done], on_round=None) -> tuple[Done, list[R
     try:
         for ev in events:
             if isinstance(ev, Done):
+                _close(events)  # what waits for the end (a session keeping costs) runs now
                 return ev, rounds
             rounds.append(ev)
             if on_round is not None:
                 on_round(ev)
     except KeyboardInterrupt:
-        return events.throw(KeyboardInterrupt), rounds
+        done = events.throw(KeyboardInterrupt)
+        _close(events)
+        return done, rounds
     raise RuntimeError("engine ended without a Done event")
+
+
+def _close(events) -> None:
+    close = getattr(events, "close", None)
+    if close is not None:
+        close()
 
 
 @dataclass
