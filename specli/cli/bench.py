@@ -37,7 +37,8 @@ Examples:
 
 
 @app.command("bench", help=BENCH_HELP)
-@generation_options(omit=("drafter", "k", "max_tokens"))
+@generation_options(omit=("drafter", "k", "max_tokens"),
+                    lead=("drafter", "k", "suite", "prompts", "limit", "system", "raw"))
 def bench_cmd(
     opts: Options,
     drafter: Annotated[str, typer.Option(

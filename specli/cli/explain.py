@@ -38,7 +38,9 @@ WARP_DEFAULTS = {"logits": (1.0, 0, 1.0, 0.0), "prompt": (0.8, 40, 0.95, 0.05)}
 
 
 @app.command("explain", help=EXPLAIN_HELP)
-@generation_options(omit=("drafter", "k", "temperature", "top_k", "top_p", "min_p", "max_tokens"))
+@generation_options(omit=("drafter", "k", "temperature", "top_k", "top_p", "min_p", "max_tokens"),
+                    lead=("p", "q", "logits_p", "logits_q", "normalize", "samples", "temperature",
+                          "top_k", "top_p", "min_p", "rounds", "k"))
 def explain_cmd(
     opts: Options,
     prompt: Annotated[Optional[str], typer.Argument(help="A prompt for the real pair ('-' reads stdin).")] = None,

@@ -8,7 +8,8 @@
     def run_cmd(prompt: str, opts: Options) -> None: ...
 
 Keyword arguments set a command's own defaults; `omit` leaves out options the command
-declares itself (bench's --k takes a list), which then keep Options' defaults.
+declares itself (bench's --k takes a list), which then keep Options' defaults. Help lists
+the command's arguments (and the options named in `lead`) first, then the shared ones.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ OPTIONS = {  # Options field -> its Typer annotation, in the order help lists th
 }
 
 
-def generation_options(*, omit: tuple[str, ...] = (), **defaults):
+def generation_options(*, omit: tuple[str, ...] = (), lead: tuple[str, ...] = (), **defaults):
     """Give a command the shared options; it receives them as one Options, `opts`."""
     unknown = set(defaults) - set(OPTIONS)
     if unknown:
@@ -101,10 +102,9 @@ def generation_options(*, omit: tuple[str, ...] = (), **defaults):
         added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                    annotation=OPTIONS[name])
                  for name, default in shared.items() if name not in taken]
-        # Help lists the command's arguments, then the shared options, then its own.
-        n_args = sum(1 for p in params if _is_argument(p.annotation))
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
-        params = params[:n_args] + added + params[n_args:]
+        first = [p for p in params if _is_argument(p.annotation) or p.name in lead]
+        params = first + added + [p for p in params if p not in first]
 
         @functools.wraps(command)
         def wrapper(**kwargs):

@@ -35,7 +35,7 @@ Examples:
 
 
 @app.command("run", help=RUN_HELP, no_args_is_help=True)
-@generation_options(max_tokens=256)
+@generation_options(max_tokens=256, lead=("file",))
 def run_cmd(
     opts: Options,
     prompt: Annotated[Optional[str], typer.Argument(help="The prompt; '-' reads stdin.")] = None,
