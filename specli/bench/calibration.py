@@ -187,3 +187,15 @@ def _time_choice(draft, context, sampling, n_vocab, reps: int = 9) -> float:
     return statistics.median(times)
 
 
+def one_target_step_seconds(target, reps: int = 5) -> float:
+    """Median time of one single-token target decode at the current position (then undone):
+    what a round's verify time compares with."""
+    n = target.n_past
+    token = target.tokens[-1] if target.tokens else 0
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        target.decode([token], 1)
+        times.append(time.perf_counter() - t0)
+        target.truncate(n)
+    return statistics.median(times)

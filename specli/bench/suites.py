@@ -82,3 +82,19 @@ def _parse_line(line: str, *, source: str, lineno: int, suite: str) -> Prompt:
     if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool) or str(raw_id) == "":
         raise UsageError(f'{where}: "id" must be a non-empty string')
     return Prompt(id=str(raw_id), prompt=text, suite=suite)
+
+
+def select_prompts(suite: str, prompts: Path | None, limit: int | None) -> list[Prompt]:
+    """bench's prompts: a --prompts file or a --suite, the first `limit` of each suite."""
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be >= 1, got {limit}")
+    items = load_prompts_file(prompts) if prompts is not None else load_suite(suite)
+    if limit is not None:
+        seen: dict[str, int] = {}
+        kept = []
+        for p in items:
+            seen[p.suite] = seen.get(p.suite, 0) + 1
+            if seen[p.suite] <= limit:
+                kept.append(p)
+        items = kept
+    return items

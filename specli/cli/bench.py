@@ -78,6 +78,7 @@ def bench_cmd(
         rich_help_panel="Output")] = None,
 ) -> None:
     from specli.bench.plan import BenchConfig, parse_drafters, parse_k_list
+    from specli.bench.suites import select_prompts
     from specli.bench.sweep import run_bench
     from specli.core.drafters import DRAFTERS
     from specli.views.render_bench import print_report
@@ -85,7 +86,7 @@ def bench_cmd(
     draft, drafter = replace(opts, drafter=drafter).models()
     cfg = BenchConfig(ks=tuple(parse_k_list(k)), drafters=tuple(parse_drafters(drafter)),
                             max_tokens=max_tokens, repeats=repeats, warmup=warmup, seed=opts.seed)
-    items = _load_prompts(suite, prompts, limit)
+    items = select_prompts(suite, prompts, limit)
     out, err = consoles(plain=plain)
     to_stdout = json_file == "-"
     _check_writable(json_file if not to_stdout else None, csv_file, html_file)
@@ -126,23 +127,6 @@ def bench_cmd(
               + (f"; HTML in {html_file}" if html_file else ""))
     if result.interrupted:
         raise typer.Exit(130)
-
-
-def _load_prompts(suite: str, prompts: Path | None, limit: int | None):
-    from specli.bench.suites import load_prompts_file, load_suite
-
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit must be >= 1, got {limit}")
-    items = load_prompts_file(prompts) if prompts is not None else load_suite(suite)
-    if limit is not None:
-        seen: dict[str, int] = {}
-        kept = []
-        for p in items:
-            seen[p.suite] = seen.get(p.suite, 0) + 1
-            if seen[p.suite] <= limit:
-                kept.append(p)
-        items = kept
-    return items
 
 
 class _progress:

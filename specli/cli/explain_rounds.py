@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from dataclasses import asdict
 
 from specli.cli.common import open_session, read_prompt, round_record
+from specli.bench.calibration import one_target_step_seconds
 from specli.core.engine import Done
 
 BATCH_NOTE = ("all K + 1 rows of p came from one batched target decode of [pending, x_1..x_K]: "
@@ -55,17 +54,3 @@ def _first_rounds(events, n: int) -> list:
     finally:
         events.close()
     return shown
-
-
-def one_target_step_seconds(target, reps: int = 5) -> float:
-    """Median time of one single-token target decode at the current position (then undone):
-    what a round's verify time compares with."""
-    n = target.n_past
-    token = target.tokens[-1] if target.tokens else 0
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        target.decode([token], 1)
-        times.append(time.perf_counter() - t0)
-        target.truncate(n)
-    return statistics.median(times)

@@ -95,6 +95,8 @@ def _stream(events, out, err, gen, show, rounds=None):
 
 
 def _json_result(gen, done, rounds) -> dict:
+    from specli.llama.threads import threads_record
+
     return {
         "text": done.text,
         "tokens": list(done.tokens),
@@ -102,14 +104,5 @@ def _json_result(gen, done, rounds) -> dict:
         "rounds": [round_record(r) for r in rounds],
         "stats": done.stats.to_dict(),
         "config": gen.config(),
-        "threads": _threads_record(gen.loaded.target),
+        "threads": threads_record(gen.loaded.target),
     }
-
-
-def _threads_record(target) -> dict:
-    """Threads the target chose and ended with, and the governor's changes (specli/threads.py)."""
-    gov = getattr(target, "governor", None)
-    return {"chosen": target.n_threads, "end": target.threads_now,
-            "follows_load": gov is not None,
-            "changes": [{"from": a, "to": b, "other_cpus": round(c, 2)}
-                        for a, b, c in (gov.changes if gov is not None else [])]}

@@ -152,3 +152,12 @@ def thread_note(model, since: int = 0, during: str = "this run") -> str | None:
     busiest = max(c[2] for c in changes)
     return (f"threads {changes[0][0]} → {changes[-1][1]} during {during}: other processes "
             f"used up to {busiest:.1f} CPUs (--threads N keeps N)")
+
+
+def threads_record(target) -> dict:
+    """Threads the target chose and ended with, and the governor's changes (specli/threads.py)."""
+    gov = getattr(target, "governor", None)
+    return {"chosen": target.n_threads, "end": target.threads_now,
+            "follows_load": gov is not None,
+            "changes": [{"from": a, "to": b, "other_cpus": round(c, 2)}
+                        for a, b, c in (gov.changes if gov is not None else [])]}
