@@ -392,6 +392,13 @@ OK_CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     ({**OK_CHAT, "prediction": {"type": "content", "content": [{"type": "image_url"}]}},
      "prediction.content[0]"),
     ({**OK_CHAT, "prediction": "the reply"}, "prediction"),
+    ({**OK_CHAT, "logit_bias": {"cat": 5}}, "logit_bias"),
+    ({**OK_CHAT, "logit_bias": {"7": 101}}, "logit_bias"),
+    ({**OK_CHAT, "logit_bias": {"7": "up"}}, "logit_bias.7"),
+    ({**OK_CHAT, "logit_bias": {"99999999": 1}}, "logit_bias"),  # beyond the vocabulary
+    ({**OK_CHAT, "presence_penalty": 2.5}, "presence_penalty"),
+    ({**OK_CHAT, "frequency_penalty": -3}, "frequency_penalty"),
+    ({**OK_CHAT, "frequency_penalty": "high"}, "frequency_penalty"),
 ])
 def test_bad_fields_get_400_naming_them(server, body, param):
     status, err = error_of(*request(server, "POST", "/v1/chat/completions", body)[::2])
@@ -405,6 +412,25 @@ def test_unknown_fields_and_defaults_of_unsupported_ones_are_accepted(server):
             "logprobs": False, "presence_penalty": 0, "response_format": {"type": "text"}}
     status, _, raw = request(server, "POST", "/v1/chat/completions", body)
     assert status == 200, raw
+
+
+def test_logit_bias_and_penalties_change_the_reply_exactly_as_asked(client, model_args):
+    """logit_bias against the reply's first token changes the reply, and penalties do
+    too; under either, speculation (K = 4) gives the same greedy text as the target alone
+    (K = 0). tests/test_logits.py proves the sampled distribution exact as well."""
+    first = specli_run(*model_args, "--k", "0", "--temperature", "0", "-n", "24",
+                       LONG_CHAT)["tokens"][0]
+
+    def reply(k, **kw):
+        r = chat(client, LONG_CHAT, temperature=0, max_tokens=24,
+                 extra_body={"speculative": {"k": k}}, **kw)
+        return r.choices[0].message.content
+
+    plain = reply(4)
+    banned = reply(4, logit_bias={str(first): -100})
+    assert banned != plain and banned == reply(0, logit_bias={str(first): -100})
+    penalised = reply(4, frequency_penalty=2.0, presence_penalty=1.0)
+    assert penalised != plain and penalised == reply(0, frequency_penalty=2.0, presence_penalty=1.0)
 
 
 def test_malformed_json_and_wrong_shapes(server):

@@ -47,6 +47,11 @@ class Drafter(Protocol):
     def prefill(self, committed: Sequence[int]) -> None:
         """At the start of a generation: catch up on the prompt (or note it, lazily)."""
 
+    def constrain(self, rules, start: int) -> None:
+        """At the start of a generation: the logit rules p is under (core.logits.LogitRules,
+        or None), with the output beginning at committed[start]. Drafts that follow p
+        more closely are rejected less; exactness does not depend on it."""
+
     def next_source(self, committed: Sequence[int]) -> str: ...
 
     def match_len(self, committed: Sequence[int]) -> int: ...
@@ -67,6 +72,10 @@ class ModelDrafter:
         self.model = model  # backend.LlamaModel
         self.sampling = sampling
         self.n_vocab = n_vocab  # ids >= n_vocab are masked (target/draft sizes differ)
+        self.rules, self.start = None, 0  # see constrain
+
+    def constrain(self, rules, start: int) -> None:
+        self.rules, self.start = rules, start
 
     def prefill(self, committed: Sequence[int], lazy: bool = False) -> None:
         """Decode all but the pending last token (done with the prompt, off the round clock).
@@ -97,11 +106,14 @@ class ModelDrafter:
             prop.catchup_seconds = time.perf_counter() - t0
             prop.catchup_tokens = len(feed)
         for i in range(k):
-            x, q = self._draw(logits[: self.n_vocab], rng)
+            row = logits[: self.n_vocab]
+            if self.rules is not None:  # q under the rules p is under, after these drafts
+                row = self.rules.apply(row, [*committed[self.start :], *prop.tokens])
+            x, q = self._draw(row, rng)
             prop.tokens.append(x)
             prop.q.append(q)
             if keep_drafting is not None:
-                prop.q_probs.append(q.prob(x) if q is not None else _top_prob(logits[: self.n_vocab]))
+                prop.q_probs.append(q.prob(x) if q is not None else _top_prob(row))
             if i == k - 1:
                 break  # the last draft is never decoded here: verification may reject it
             if keep_drafting is not None and not keep_drafting(i + 1, prop.q_probs[-1]):
@@ -162,6 +174,9 @@ class NgramDrafter:
             i = self.index
             self.reference = NgramIndex(n_max=i.n_max, n_min=i.n_min, candidates=i.candidates)
             self.reference.extend([*anchor, *tokens])
+
+    def constrain(self, rules, start: int) -> None:
+        pass  # point-mass drafts: the rules change p, and verification accounts for it
 
     def _lookup(self, committed: Sequence[int], k: int) -> tuple[list[int], int, bool]:
         """(draft, how far back its match agrees, whether it comes from the reference)."""
@@ -229,6 +244,9 @@ class HybridDrafter:
         # On a 2-core CPU the 0.5B draft's prefill was ~15% of a 64-token reply's time.
         self.model_drafter.prefill(committed, lazy=True)
         self.ngram.prefill(committed)
+
+    def constrain(self, rules, start: int) -> None:
+        self.model_drafter.constrain(rules, start)
 
     def next_source(self, committed: Sequence[int]) -> str:
         return "ngram" if self.ngram.match_len(committed) >= self.min_match else "model"

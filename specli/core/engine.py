@@ -185,6 +185,7 @@ def speculative_generate(
     n_vocab: int | None = None,
     verify_chunk=None,
     trace: bool = False,
+    rules=None,
 ) -> Iterator[Round | Done]:
     """Generate from `target`, drafting with `drafter`, as a stream of events.
 
@@ -203,12 +204,17 @@ def speculative_generate(
 
     `trace`: each Round carries a specli.core.trace.RoundTrace (top p and q per examined
     position, the uniforms drawn, the residual). Off, nothing of it is computed.
+
+    `rules`: a core.logits.LogitRules (logit bias, presence and frequency penalties),
+    applied to every row of p given the output and the drafts before it, and by the
+    model drafter to its q. None: the logits as they are.
     """
     run = _Run(target, drafter, list(prompt_tokens), sampling, spec,
                policy or FixedK(spec.k if isinstance(spec.k, int) else 0),
                n_vocab or target.n_vocab)
     run.verify_chunk = verify_chunk
     run.trace = trace
+    run.rules = rules
     return run.events()
 
 
@@ -217,6 +223,7 @@ class _Run:
         self.target, self.drafter, self.sampling, self.spec = target, drafter, sampling, spec
         self.policy, self.n_vocab = policy, n_vocab
         self.committed = prompt
+        self.n_prompt = len(prompt)  # committed[n_prompt:] is the output, for the rules
         self.out: list[int] = []
         self.rng = np.random.default_rng(spec.seed)
         self.stats = Stats(prompt_tokens=len(prompt))
@@ -224,6 +231,7 @@ class _Run:
         self.text: list[str] = []
         self.verify_chunk = None  # strict mode: an int or n_past -> int, see speculative_generate
         self.trace = False  # build a RoundTrace per round: see speculative_generate
+        self.rules = None  # core.logits.LogitRules: see speculative_generate
 
     def events(self) -> Iterator[Round | Done]:
         stop: StopReason | None = None
@@ -268,6 +276,7 @@ class _Run:
         self.target.reuse_prefix(self.committed)  # a chat turn re-decodes only what is new
         self.target.decode(self.committed[self.target.n_past : -1], 0)
         if self.drafter is not None:
+            self.drafter.constrain(self.rules, self.n_prompt)  # drafters are reused: always
             self.drafter.prefill(self.committed)
 
     def _round(self, room: int) -> tuple[Round, StopReason | None]:
@@ -292,13 +301,15 @@ class _Run:
             if len(pending) > 1:  # rows start at the last pending token (never the case
                 self.target.decode(pending[:-1], 0)  # after prefill; kept for safety)
                 tokens = tokens[len(pending) - 1 :]
-            rows = _ChunkedRows(self.target, tokens, self.verify_chunk, self.n_vocab)
+            chunked = _ChunkedRows(self.target, tokens, self.verify_chunk, self.n_vocab)
+            rows = self._ruled(chunked, prop)
             verdict, p_rows, uniforms = self._verify(prop, rows)
-            t_verify = rows.seconds
-            calls = rows.calls
+            t_verify = chunked.seconds
+            calls = chunked.calls
         else:
             rows = self.target.decode(tokens, len(prop.tokens) + 1)[:, : self.n_vocab]  # [k+1, V]
             t_verify = time.perf_counter() - t0
+            rows = self._ruled(rows, prop)
             calls = [(len(tokens), t_verify)]
             verdict, p_rows, uniforms = self._verify(prop, rows)
         if prop.source == "model" and p_rows is not None:
@@ -311,6 +322,13 @@ class _Run:
             detail = build_trace(self.target, prop, verdict, p_rows, rows, uniforms,
                                  self.sampling.greedy)
         return self._commit(k, prop, verdict, t_verify, t_sample, calls, detail)
+
+    def _ruled(self, rows, prop: Proposal):
+        """The target's rows under the logit rules (each after the output and the drafts
+        before it), computed as verification reaches them; the rows as they are without."""
+        if self.rules is None:
+            return rows
+        return _RuledRows(rows, self.rules, self.committed[self.n_prompt :], prop.tokens)
 
     def _verify(self, prop: Proposal, rows) -> tuple[Verdict, "_LazyWarp | None", list | None]:
         """The verdict, the warped p rows it used (None when greedy), and, when tracing,
@@ -411,6 +429,23 @@ class _ChunkedRows:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+
+class _RuledRows:
+    """Row i under the logit rules, given the output so far and drafts[:i] (on first use)."""
+
+    def __init__(self, rows, rules, output: Sequence[int], drafts: Sequence[int]) -> None:
+        self.rows, self.rules = rows, rules
+        self.output, self.drafts = list(output), list(drafts)
+        self.cache: dict[int, np.ndarray] = {}
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if i not in self.cache:
+            self.cache[i] = self.rules.apply(self.rows[i], self.output + self.drafts[:i])
+        return self.cache[i]
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 class _LazyArgmax:

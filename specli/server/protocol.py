@@ -18,6 +18,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from specli.config import SamplingConfig, SpecConfig, parse_k
+from specli.core.logits import LogitRules
 from specli.errors import UsageError
 from specli.server.errors import bad_request
 
@@ -84,11 +85,11 @@ class _Common(_Strict):
     stream_options: StreamOptions | None = None
     n: int | None = None
     speculative: Speculative | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> added logit
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     # Known but unsupported: accepted here only so that a non-default value is refused by name.
     logprobs: Any = None
-    logit_bias: Any = None
-    presence_penalty: Any = None
-    frequency_penalty: Any = None
     repeat_penalty: Any = None
     best_of: Any = None
     response_format: Any = None
@@ -117,7 +118,6 @@ class CompletionBody(_Common):
 UNSUPPORTED_DEFAULTS: dict[str, tuple] = {
     "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
     "function_call": (None, "none", "auto"), "logprobs": (None, False), "top_logprobs": (None, 0),
-    "logit_bias": (None, {}), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
     "repeat_penalty": (None, 1), "best_of": (None, 1), "audio": (None,),
     "modalities": (None, ["text"]), "echo": (None, False),
     "suffix": (None, ""), "n": (None, 1),
@@ -149,6 +149,7 @@ class Job:
     include_usage: bool
     model: str | None
     prediction: str | None = None  # chat: the predicted output's text (drafted from)
+    rules: LogitRules | None = None  # logit_bias, presence and frequency penalties
 
 
 def parse_json(raw: bytes) -> dict:
@@ -272,7 +273,22 @@ def _job(body: _Common, defaults: Defaults, kind, *, messages, prompt, max_token
         ("speculative.strict", "strict", strict)])
     return Job(kind, messages, prompt, sampling, spec, spec_opts.drafter or defaults.drafter,
                _stops(body.stop), bool(body.stream),
-               bool(body.stream_options and body.stream_options.include_usage), body.model)
+               bool(body.stream_options and body.stream_options.include_usage), body.model,
+               rules=_rules(body))
+
+
+def _rules(body: _Common) -> LogitRules | None:
+    """logit_bias and the penalties as LogitRules (None when they change nothing)."""
+    bias = {}
+    for key, value in (body.logit_bias or {}).items():
+        if not key.strip().isdigit():
+            raise bad_request(f"logit_bias: keys are token ids, got {key!r}", "logit_bias")
+        bias[int(key)] = value
+    try:
+        return LogitRules.of(bias, body.presence_penalty or 0.0, body.frequency_penalty or 0.0)
+    except ValueError as e:  # out of OpenAI's ranges: "presence_penalty must be in [-2, 2]..."
+        param = str(e).split(" ", 1)[0].rstrip(":")
+        raise bad_request(str(e), param) from None
 
 
 def _configured(config, fields: list[tuple[str, str, Any]]):

@@ -154,7 +154,7 @@ class Runner:
             tokens = self._prompt(job)
             prediction = self.core.prediction_tokens(job.prediction) if job.prediction else None
             reply = self.core.reply(tokens, job.spec, job.sampling, job.drafter,
-                                    prediction=prediction)
+                                    prediction=prediction, rules=self._rules(job))
         except ApiError as e:
             ticket.put(Failed(e))
             return
@@ -164,6 +164,17 @@ class Runner:
             return
         ticket.put(Started(len(tokens)))
         self._generate(ticket, reply, queue_ms=1000 * (t_start - ticket.submitted))
+
+    def _rules(self, job: Job):
+        """The job's logit rules; 400 for a logit_bias token this vocabulary lacks."""
+        rules = job.rules
+        if rules is not None and rules.bias:
+            n_vocab = self.core.gen.loaded.n_vocab
+            bad = [t for t, _ in rules.bias if t >= n_vocab]
+            if bad:
+                raise bad_request(f"logit_bias: token {bad[0]} is not in the model's vocabulary "
+                                  f"(0..{n_vocab - 1})", "logit_bias")
+        return rules
 
     def _prompt(self, job: Job) -> list[int]:
         """The job's prompt tokens; 400 when the template fails or the prompt cannot fit."""
