@@ -318,14 +318,16 @@ class Generation:
     # --- generating
     def generate(self, tokens: list[int], *, spec: SpecConfig | None = None,
                  sampling: SamplingConfig | None = None, trace: bool = False,
-                 drafter=None, policy=None, remember: bool = True, rules=None):
+                 drafter=None, policy=None, remember: bool = True, rules=None,
+                 logprobs: int | None = None):
         """The engine's event stream; when it ends, --k auto's measured costs are kept.
 
         `trace`: rounds carry what verification saw (explain, --html); off, it costs nothing.
         `drafter`, `policy`: what to run with instead of this session's own for `spec`
         and `sampling` (the conversation core keeps its own across replies, and calls
         `remember` itself: `remember=False`). `rules`: a core.logits.LogitRules (logit
-        bias, penalties) the output is sampled under, exactly as by the target alone."""
+        bias, penalties) the output is sampled under, exactly as by the target alone;
+        `logprobs`: rounds carry each token's log-probability and this many alternatives."""
         from specli.core.engine import speculative_generate
 
         spec = spec or self.spec
@@ -336,7 +338,8 @@ class Generation:
         chunk = self.strict_chunk(spec)
         events = speculative_generate(self.loaded.target, drafter, tokens, sampling,
                                       spec, policy=policy, n_vocab=self.loaded.n_vocab,
-                                      verify_chunk=chunk, trace=trace, rules=rules)
+                                      verify_chunk=chunk, trace=trace, rules=rules,
+                                      logprobs=logprobs)
         return _remembering(events, lambda: self.remember(policy)) if remember else events
 
     @staticmethod

@@ -151,3 +151,41 @@ def test_a_banned_token_never_appears_though_the_lookup_drafts_it(models):
     for seed in range(40):
         done = run(target, NgramDrafter(n_min=1), prompt, 4, CFG, seed, rules, max_tokens=12)
         assert banned not in done.tokens
+
+
+# --- logprobs --------------------------------------------------------------------------------
+def test_logprobs_are_the_targets_log_softmax_at_each_position(models):
+    """K = 0: each token's logprob is the log-softmax of the target's own logits after the
+    output before it (decoded here one token at a time), and its alternatives are the
+    likeliest tokens there, in order. K = 4 (model drafts, verified in batches) reports
+    the same tokens with the same logprobs, up to the batch-shape numerics."""
+    from specli.core.engine import collect
+
+    target, draft = models
+    prompt = target.tokenize("Once upon a time there was", add_special=False)
+
+    def logprobs(k):
+        target.reset()
+        draft.reset()
+        drafter = ModelDrafter(draft, GREEDY, target.n_vocab) if k else None
+        done, rounds = collect(speculative_generate(
+            target, drafter, prompt, GREEDY, SpecConfig(k=k, max_tokens=16, seed=0),
+            n_vocab=target.n_vocab, logprobs=3))
+        return done, [lp for r in rounds for lp in r.logprobs]
+
+    done, alone = logprobs(0)
+    assert [lp.token for lp in alone] == list(done.tokens)
+    target.reset()
+    row = target.decode(prompt, 1)[0]
+    for i, lp in enumerate(alone):
+        z = np.asarray(row, dtype=np.float64)
+        want = z - (z.max() + np.log(np.exp(z - z.max()).sum()))
+        assert lp.logprob == pytest.approx(want[lp.token], abs=1e-4)  # prefill splits differ
+        assert [t for t, _, _ in lp.top] == list(np.argsort(-want, kind="stable")[:3])
+        assert lp.top[0][0] == lp.token  # greedy: the likeliest token was emitted
+        assert lp.bytes == target.token_bytes(lp.token)
+        row = target.decode([lp.token], 1)[0]
+    target.reset()
+    done_k, spec = logprobs(4)
+    assert done_k.tokens == done.tokens and done_k.stats.accepted > 0
+    assert np.allclose([lp.logprob for lp in spec], [lp.logprob for lp in alone], atol=0.02)

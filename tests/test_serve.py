@@ -376,7 +376,9 @@ OK_CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     ({**OK_CHAT, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({**OK_CHAT, "n": 2}, "n"),
     ({**OK_CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({**OK_CHAT, "logprobs": True}, "logprobs"),
+    ({**OK_CHAT, "top_logprobs": 3}, "top_logprobs"),  # without logprobs: true
+    ({**OK_CHAT, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({**OK_CHAT, "logprobs": "yes"}, "logprobs"),
     ({**OK_CHAT, "response_format": {"type": "json_object"}}, "response_format"),
     ({**OK_CHAT, "speculative": {"k": 99}}, "speculative.k"),
     ({**OK_CHAT, "speculative": {"drafter": "magic"}}, "speculative.drafter"),
@@ -431,6 +433,32 @@ def test_logit_bias_and_penalties_change_the_reply_exactly_as_asked(client, mode
     assert banned != plain and banned == reply(0, logit_bias={str(first): -100})
     penalised = reply(4, frequency_penalty=2.0, presence_penalty=1.0)
     assert penalised != plain and penalised == reply(0, frequency_penalty=2.0, presence_penalty=1.0)
+
+
+def test_logprobs_whole_and_streamed(client, server):
+    """logprobs with top_logprobs: one entry per completion token, whose texts make up the
+    reply, each with its 3 likeliest alternatives (the first is the token itself, greedy);
+    streamed through the SDK, the same entries arrive spread over the chunks."""
+    kw = dict(temperature=0, max_tokens=20, logprobs=True, top_logprobs=3,
+              extra_body={"speculative": {"k": 4}})
+    whole = chat(client, LONG_CHAT, **kw)
+    content = whole.choices[0].logprobs.content
+    assert len(content) == whole.usage.completion_tokens
+    assert "".join(c.token for c in content) == whole.choices[0].message.content
+    for c in content:
+        assert c.logprob <= 0 and len(c.top_logprobs) == 3
+        assert c.top_logprobs[0].token == c.token and c.top_logprobs[0].logprob == c.logprob
+        assert [t.logprob for t in c.top_logprobs] == sorted(
+            (t.logprob for t in c.top_logprobs), reverse=True)
+    streamed = []
+    for ch in chat(client, LONG_CHAT, stream=True, **kw):
+        if ch.choices and ch.choices[0].logprobs and ch.choices[0].logprobs.content:
+            streamed += ch.choices[0].logprobs.content
+    assert [(c.token, c.logprob) for c in streamed] == [(c.token, c.logprob) for c in content]
+    assert chat(client, "Hi", max_tokens=2).choices[0].logprobs is None
+    status, err = error_of(*request(server, "POST", "/v1/completions",
+                                    {"prompt": "x", "max_tokens": 2, "logprobs": 2})[::2])
+    assert status == 400 and err["param"] == "logprobs"
 
 
 def test_malformed_json_and_wrong_shapes(server):

@@ -45,6 +45,7 @@ class Round:
     t_verify: float  # target decode
     t_sample: float  # warps and verification in Python
     trace: object | None = None  # specli.core.trace.RoundTrace, only under trace=True
+    logprobs: tuple | None = None  # a TokenLogprob per appended token, only when asked
 
     @property
     def text(self) -> str:
@@ -186,6 +187,7 @@ def speculative_generate(
     verify_chunk=None,
     trace: bool = False,
     rules=None,
+    logprobs: int | None = None,
 ) -> Iterator[Round | Done]:
     """Generate from `target`, drafting with `drafter`, as a stream of events.
 
@@ -208,6 +210,11 @@ def speculative_generate(
     `rules`: a core.logits.LogitRules (logit bias, presence and frequency penalties),
     applied to every row of p given the output and the drafts before it, and by the
     model drafter to its q. None: the logits as they are.
+
+    `logprobs` (the number of alternatives, 0..20): each Round carries a TokenLogprob per
+    appended token: its log-probability under the target's distribution at that position
+    (the softmax of its logits after the rules, before the warps: what the model says,
+    whatever temperature samples from it), and the most likely tokens there.
     """
     run = _Run(target, drafter, list(prompt_tokens), sampling, spec,
                policy or FixedK(spec.k if isinstance(spec.k, int) else 0),
@@ -215,6 +222,7 @@ def speculative_generate(
     run.verify_chunk = verify_chunk
     run.trace = trace
     run.rules = rules
+    run.logprobs = logprobs
     return run.events()
 
 
@@ -232,6 +240,7 @@ class _Run:
         self.verify_chunk = None  # strict mode: an int or n_past -> int, see speculative_generate
         self.trace = False  # build a RoundTrace per round: see speculative_generate
         self.rules = None  # core.logits.LogitRules: see speculative_generate
+        self.logprobs = None  # alternatives per TokenLogprob, or None: see speculative_generate
 
     def events(self) -> Iterator[Round | Done]:
         stop: StopReason | None = None
@@ -321,7 +330,7 @@ class _Run:
 
             detail = build_trace(self.target, prop, verdict, p_rows, rows, uniforms,
                                  self.sampling.greedy)
-        return self._commit(k, prop, verdict, t_verify, t_sample, calls, detail)
+        return self._commit(k, prop, verdict, t_verify, t_sample, calls, detail, rows)
 
     def _ruled(self, rows, prop: Proposal):
         """The target's rows under the logit rules (each after the output and the drafts
@@ -352,7 +361,7 @@ class _Run:
             s.exact_match_sum += pq
 
     def _commit(self, k, prop, verdict, t_verify, t_sample, calls,
-                detail=None) -> tuple[Round, StopReason | None]:
+                detail=None, rows=None) -> tuple[Round, StopReason | None]:
         n = verdict.n_accepted
         new = prop.tokens[:n] + [verdict.token]
         kept, stop = [], None
@@ -381,9 +390,13 @@ class _Run:
                                   draft_probs=prop.q_probs, verify_calls=calls,
                                   catchup=((prop.catchup_tokens, prop.catchup_seconds)
                                            if prop.catchup_tokens else None))
+        # Token j of this round was drawn, or kept, at row j: after the drafts before it.
+        lps = (tuple(token_logprob(rows[j], tok, self.logprobs, self.target.token_bytes)
+                     for j, tok in enumerate(kept)) if self.logprobs is not None else None)
         rnd = Round(self.stats.rounds, k, prop.source if prop.tokens else "none",
                     tuple(prop.tokens), verdict.accept_probs, n, verdict.token, verdict.bonus,
-                    tuple(kept), pieces, rejected, prop.seconds, t_verify, t_sample, detail)
+                    tuple(kept), pieces, rejected, prop.seconds, t_verify, t_sample, detail,
+                    lps)
         return rnd, stop
 
     def _count(self, k, prop, n, n_kept, t_verify, t_sample) -> None:
@@ -429,6 +442,27 @@ class _ChunkedRows:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability and the likeliest tokens at its position."""
+
+    token: int
+    bytes: bytes
+    logprob: float
+    top: tuple[tuple[int, bytes, float], ...]  # (token, its bytes, logprob), likeliest first
+
+
+def token_logprob(row, token: int, n_top: int, token_bytes) -> TokenLogprob:
+    """`token`'s log-softmax in `row` (one position's logits) and the `n_top` likeliest."""
+    z = np.asarray(row, dtype=np.float64)
+    m = z.max()
+    lse = m + np.log(np.exp(z - m).sum())
+    top = np.argpartition(-z, n_top)[:n_top] if 0 < n_top < len(z) else np.arange(len(z))[:n_top]
+    top = top[np.argsort(-z[top], kind="stable")]
+    return TokenLogprob(token, token_bytes(token), float(z[token] - lse),
+                        tuple((int(i), token_bytes(int(i)), float(z[i] - lse)) for i in top))
 
 
 class _RuledRows:

@@ -89,7 +89,6 @@ class _Common(_Strict):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     # Known but unsupported: accepted here only so that a non-default value is refused by name.
-    logprobs: Any = None
     repeat_penalty: Any = None
     best_of: Any = None
     response_format: Any = None
@@ -98,7 +97,8 @@ class _Common(_Strict):
 class ChatBody(_Common):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = None
-    top_logprobs: Any = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: Any = None
     tool_choice: Any = None
     functions: Any = None
@@ -110,6 +110,7 @@ class ChatBody(_Common):
 
 class CompletionBody(_Common):
     prompt: str
+    logprobs: Any = None  # the legacy completions form (an int): not supported
     echo: Any = None
     suffix: Any = None
 
@@ -117,7 +118,7 @@ class CompletionBody(_Common):
 # field -> values that mean "not asked for" (anything else is refused by name)
 UNSUPPORTED_DEFAULTS: dict[str, tuple] = {
     "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
-    "function_call": (None, "none", "auto"), "logprobs": (None, False), "top_logprobs": (None, 0),
+    "function_call": (None, "none", "auto"),
     "repeat_penalty": (None, 1), "best_of": (None, 1), "audio": (None,),
     "modalities": (None, ["text"]), "echo": (None, False),
     "suffix": (None, ""), "n": (None, 1),
@@ -150,6 +151,7 @@ class Job:
     model: str | None
     prediction: str | None = None  # chat: the predicted output's text (drafted from)
     rules: LogitRules | None = None  # logit_bias, presence and frequency penalties
+    logprobs: int | None = None  # chat: alternatives per token's logprob (None: no logprobs)
 
 
 def parse_json(raw: bytes) -> dict:
@@ -274,7 +276,22 @@ def _job(body: _Common, defaults: Defaults, kind, *, messages, prompt, max_token
     return Job(kind, messages, prompt, sampling, spec, spec_opts.drafter or defaults.drafter,
                _stops(body.stop), bool(body.stream),
                bool(body.stream_options and body.stream_options.include_usage), body.model,
-               rules=_rules(body))
+               rules=_rules(body), logprobs=_logprobs(body))
+
+
+def _logprobs(body: _Common) -> int | None:
+    """Chat's logprobs/top_logprobs: the alternatives wanted, or None for no logprobs."""
+    if isinstance(body, CompletionBody):
+        if body.logprobs not in (None, False, 0):
+            raise bad_request("logprobs: not supported on /v1/completions by specli serve "
+                              "(chat completions have it)", "logprobs",
+                              code="unsupported_parameter")
+        return None
+    if not body.logprobs:
+        if body.top_logprobs:
+            raise bad_request("top_logprobs: needs logprobs: true", "top_logprobs")
+        return None
+    return body.top_logprobs or 0
 
 
 def _rules(body: _Common) -> LogitRules | None:

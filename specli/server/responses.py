@@ -71,11 +71,25 @@ class Ids:
                 "system_fingerprint": FINGERPRINT}
 
 
+def logprobs_body(lps) -> dict | None:
+    """OpenAI's chat `logprobs` object for engine.TokenLogprob items (None: not asked)."""
+    if lps is None:
+        return None
+
+    def entry(b: bytes, lp: float) -> dict:
+        return {"token": b.decode("utf-8", "replace"), "logprob": lp, "bytes": list(b)}
+
+    return {"content": [{**entry(t.bytes, t.logprob),
+                         "top_logprobs": [entry(b, lp) for _, b, lp in t.top]} for t in lps],
+            "refusal": None}
+
+
 def completion_body(ids: Ids, finished) -> dict:
     """The non-streamed response."""
     if ids.kind == "chat":
         choice = {"index": 0, "message": {"role": "assistant", "content": finished.text},
-                  "finish_reason": finished.finish_reason, "logprobs": None}
+                  "finish_reason": finished.finish_reason,
+                  "logprobs": logprobs_body(finished.logprobs)}
         obj = "chat.completion"
     else:
         choice = {"index": 0, "text": finished.text, "finish_reason": finished.finish_reason,
@@ -86,12 +100,13 @@ def completion_body(ids: Ids, finished) -> dict:
 
 
 def chunk(ids: Ids, text: str | None = None, *, first: bool = False,
-          finish_reason: str | None = None, extra: dict | None = None) -> dict:
+          finish_reason: str | None = None, extra: dict | None = None, logprobs=None) -> dict:
     """One streamed chunk: a text delta, the opening role, or the closing finish_reason."""
     if ids.kind == "chat":
         delta = {"role": "assistant", "content": ""} if first else (
             {"content": text} if text is not None else {})
-        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason,
+                  "logprobs": logprobs_body(logprobs)}
         obj = "chat.completion.chunk"
     else:
         choice = {"index": 0, "text": text or "", "finish_reason": finish_reason,

@@ -33,6 +33,7 @@ class Started:
 @dataclass(frozen=True)
 class Delta:
     text: str  # whole characters only: the engine's pieces are UTF-8 safe
+    logprobs: tuple | None = None  # engine.TokenLogprob of the tokens this text completes
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Finished:
     finish_reason: str  # "stop" | "length"
     usage: dict
     timings: dict
+    logprobs: tuple | None = None  # engine.TokenLogprob per token of `text` (when asked)
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,8 @@ class Runner:
             tokens = self._prompt(job)
             prediction = self.core.prediction_tokens(job.prediction) if job.prediction else None
             reply = self.core.reply(tokens, job.spec, job.sampling, job.drafter,
-                                    prediction=prediction, rules=self._rules(job))
+                                    prediction=prediction, rules=self._rules(job),
+                                    logprobs=job.logprobs)
         except ApiError as e:
             ticket.put(Failed(e))
             return
@@ -226,6 +229,8 @@ class _Stream:
         self.stops = StopScanner(stops)
         self.tally = Tally()
         self.sent: list[str] = []
+        self.n_sent = 0  # characters sent
+        self.lp_sent = 0  # tokens whose logprobs were sent
 
     def drive(self, reply, ticket: Ticket):
         """Iterate the engine; returns (Done, how it stopped: "stop" | "engine" | None)."""
@@ -234,7 +239,10 @@ class _Stream:
         for ev in reply.events:
             if isinstance(ev, Done):
                 self._send(ticket, ev.text[self.tally.n_chars:])  # the detokenizer's tail
-                return ev, ("stop" if self.stops.hit else "engine")
+                if self.stops.hit:
+                    return ev, "stop"
+                self._release(ticket, self.stops.flush())  # a held-back partial stop string
+                return ev, "engine"  # is text after all
             self.tally.add(ev)
             self._send(ticket, ev.text)
             if self.stops.hit:
@@ -246,18 +254,26 @@ class _Stream:
     def _send(self, ticket: Ticket, text: str) -> None:
         if self.stops.hit or not text:
             return
-        out = self.stops.feed(text)
+        self._release(ticket, self.stops.feed(text))
+
+    def _release(self, ticket: Ticket, out: str) -> None:
         if out:
             self.sent.append(out)
-            ticket.put(Delta(out))
+            self.n_sent += len(out)
+            ticket.put(Delta(out, self._logprobs_upto(self.n_sent)))
+
+    def _logprobs_upto(self, n_chars: int) -> tuple | None:
+        """The logprobs of the tokens the first n_chars characters complete, not yet sent."""
+        if self.tally.logprobs is None:
+            return None
+        n = self.tally.tokens_covering(n_chars)
+        out = tuple(self.tally.logprobs[self.lp_sent : n])
+        self.lp_sent = max(self.lp_sent, n)
+        return out
 
     def finished(self, done, stopped: str, reply, queue_ms: float) -> Finished:
         from specli.server.responses import timings
 
-        if stopped == "engine":  # a held-back partial stop string is text after all
-            tail = self.stops.flush()
-            if tail:
-                self.sent.append(tail)
         text = "".join(self.sent)
         reason = "stop" if stopped == "stop" or done.stop_reason == "eog" else "length"
         n_out = (self.tally.tokens_covering(len(text)) if stopped == "stop"
@@ -270,7 +286,10 @@ class _Stream:
             usage["completion_tokens_details"] = {
                 "accepted_prediction_tokens": counts[1],
                 "rejected_prediction_tokens": counts[0] - counts[1]}
-        return Finished(text, reason, usage, timings(done.stats, reply, self.tally, queue_ms))
+        lps = (tuple(self.tally.logprobs[: self.tally.tokens_covering(len(text))])
+               if self.tally.logprobs is not None else None)
+        return Finished(text, reason, usage, timings(done.stats, reply, self.tally, queue_ms),
+                        lps)
 
     def tokens_of(self, text: str, done, stopped: str) -> tuple[int, ...] | None:
         """The tokens generated as exactly `text`, when known (for the next request's prompt)."""
@@ -289,6 +308,7 @@ class Tally:
     tokens: list[int] = field(default_factory=list)
     pieces: list[str] = field(default_factory=list)
     n_chars: int = 0  # of the pieces: Done.text is their join plus the detokenizer's tail
+    logprobs: list | None = None  # engine.TokenLogprob per token, when the rounds carry them
 
     def add(self, rnd) -> None:
         self.k_counts[rnd.k] += 1
@@ -296,6 +316,8 @@ class Tally:
         self.tokens.extend(rnd.tokens)
         self.pieces.extend(rnd.pieces)
         self.n_chars += sum(map(len, rnd.pieces))
+        if rnd.logprobs is not None:
+            self.logprobs = (self.logprobs or []) + list(rnd.logprobs)
 
     def tokens_covering(self, n_chars: int) -> int:
         """How many tokens it took to produce the first n_chars characters."""
