@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Protocol
 
-from specli.config import K_MAX, KSpec, RuntimeConfig, SamplingConfig, SpecConfig, parse_k
+from specli.config import K_MAX, RuntimeConfig, SamplingConfig, SpecConfig, parse_k
 from specli.errors import UsageError
 
 NUMERICS_N_MAX = 9  # batch sizes 2..9 are compared (--k auto drafts up to 8 model tokens)
@@ -392,5 +392,5 @@ def _remembering(events, on_done):
         on_done()
 
 
-__all__ = ["Generation", "Loaded", "ModelPaths", "Options", "Reporter", "Silent", "KSpec",
+__all__ = ["Generation", "Loaded", "ModelPaths", "Options", "Reporter", "Silent",
            "load_models", "make_drafter", "open_generation", "resolve_paths"]

@@ -274,15 +274,9 @@ class DrafterKind:
     """A drafter by name: how to build it and what it needs (for --drafter, bench, serve)."""
 
     name: str
-    help: str
-    model: str  # the draft model: "required", "optional" (used when loaded) or "unused"
     build: Callable[..., Drafter]  # (draft_model | None, sampling, n_vocab, ngram) -> Drafter
+    loads_model: bool  # a draft model is loaded for it (the builder says if it must be)
     lookup: bool = False  # drafts by n-gram lookup: the context's, and a request's prediction
-
-    @property
-    def loads_model(self) -> bool:
-        """Whether a draft model should be loaded for this drafter."""
-        return self.model != "unused"
 
 
 def _model(draft, sampling, n_vocab, ngram) -> Drafter:
@@ -305,11 +299,9 @@ def _hybrid(draft, sampling, n_vocab, ngram) -> Drafter:
 
 
 DRAFTERS: dict[str, DrafterKind] = {k.name: k for k in (
-    DrafterKind("model", "the draft model, one token at a time", "required", _model),
-    DrafterKind("ngram", "prompt lookup: what followed an earlier match (free)", "unused",
-                _ngram, lookup=True),
-    DrafterKind("auto", "n-gram when the text repeats, else the draft model", "optional",
-                _hybrid, lookup=True),
+    DrafterKind("model", _model, loads_model=True),  # the draft model, token by token
+    DrafterKind("ngram", _ngram, loads_model=False, lookup=True),  # prompt lookup (free)
+    DrafterKind("auto", _hybrid, loads_model=True, lookup=True),  # n-gram, else the model
 )}
 DRAFTER_NAMES = tuple(DRAFTERS)
 
