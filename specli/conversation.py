@@ -104,7 +104,7 @@ class Reply:
     def __init__(self, conv: "Conversation", tokens: list[int], spec: SpecConfig,
                  sampling: SamplingConfig, drafter_name: str | None = None,
                  trace: bool = False, prediction: Sequence[int] | None = None,
-                 rules=None, logprobs: int | None = None) -> None:
+                 rules=None, logprobs: int | None = None, grammar=None) -> None:
         drafter, self.policy = conv.drafter_policy(
             spec, sampling, drafter_name, prediction=prediction,
             anchor=tokens[-PREDICTION_ANCHOR:])
@@ -132,7 +132,7 @@ class Reply:
                               if self.draft_model is not None else 0)
         self.events = conv.gen.generate(tokens, spec=spec, sampling=sampling, trace=trace,
                                         drafter=drafter, policy=self.policy, remember=False,
-                                        rules=rules, logprobs=logprobs)
+                                        rules=rules, logprobs=logprobs, grammar=grammar)
 
     @property
     def draft_evaluated(self) -> int | None:
@@ -250,7 +250,7 @@ class Conversation:
     def reply(self, tokens: list[int], spec: SpecConfig, sampling: SamplingConfig,
               drafter_name: str | None = None, trace: bool = False,
               prediction: Sequence[int] | None = None, rules=None,
-              logprobs: int | None = None) -> Reply:
+              logprobs: int | None = None, grammar=None) -> Reply:
         """Start generating the reply to `tokens` (see Reply for the protocol).
 
         `drafter_name` (model, ngram, auto) defaults to the loaded pair's own setting;
@@ -258,10 +258,11 @@ class Conversation:
         reply is expected to repeat (the server's `prediction` field), drafted from by the
         n-gram and auto drafters; `rules`: a core.logits.LogitRules the reply is sampled
         under (logit bias, penalties); `logprobs`: rounds carry each token's log-probability
-        and this many alternatives. Drafts never change what is sampled, only how fast.
+        and this many alternatives; `grammar`: a core.grammar.Grammar the reply keeps to.
+        Drafts never change what is sampled, only how fast.
         """
         return Reply(self, tokens, spec, sampling, drafter_name, trace, prediction, rules,
-                     logprobs)
+                     logprobs, grammar)
 
     def prediction_tokens(self, text: str) -> list[int]:
         """A predicted output's tokens: plain text, as the reply would spell it (no more

@@ -319,7 +319,7 @@ class Generation:
     def generate(self, tokens: list[int], *, spec: SpecConfig | None = None,
                  sampling: SamplingConfig | None = None, trace: bool = False,
                  drafter=None, policy=None, remember: bool = True, rules=None,
-                 logprobs: int | None = None):
+                 logprobs: int | None = None, grammar=None):
         """The engine's event stream; when it ends, --k auto's measured costs are kept.
 
         `trace`: rounds carry what verification saw (explain, --html); off, it costs nothing.
@@ -327,7 +327,10 @@ class Generation:
         and `sampling` (the conversation core keeps its own across replies, and calls
         `remember` itself: `remember=False`). `rules`: a core.logits.LogitRules (logit
         bias, penalties) the output is sampled under, exactly as by the target alone;
-        `logprobs`: rounds carry each token's log-probability and this many alternatives."""
+        `logprobs`: rounds carry each token's log-probability and this many alternatives;
+        `grammar`: a core.grammar.Grammar the output keeps to (JSON schema, GBNF, ...),
+        sampled exactly as by the target alone under it (GrammarError if it does not
+        compile against the target's vocabulary)."""
         from specli.core.engine import speculative_generate
 
         spec = spec or self.spec
@@ -336,10 +339,13 @@ class Generation:
             drafter = self.drafter(sampling)
         policy = policy or self.policy(spec)
         chunk = self.strict_chunk(spec)
-        events = speculative_generate(self.loaded.target, drafter, tokens, sampling,
+        target = self.loaded.target
+        constraint = (grammar.constraint(target.grammar_tokenizer(), target.eog_tokens())
+                      if grammar is not None else None)
+        events = speculative_generate(target, drafter, tokens, sampling,
                                       spec, policy=policy, n_vocab=self.loaded.n_vocab,
                                       verify_chunk=chunk, trace=trace, rules=rules,
-                                      logprobs=logprobs)
+                                      logprobs=logprobs, constraint=constraint)
         return _remembering(events, lambda: self.remember(policy)) if remember else events
 
     @staticmethod

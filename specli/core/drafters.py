@@ -47,10 +47,13 @@ class Drafter(Protocol):
     def prefill(self, committed: Sequence[int]) -> None:
         """At the start of a generation: catch up on the prompt (or note it, lazily)."""
 
-    def constrain(self, rules, start: int) -> None:
+    def constrain(self, rules, start: int, constraint=None) -> None:
         """At the start of a generation: the logit rules p is under (core.logits.LogitRules,
-        or None), with the output beginning at committed[start]. Drafts that follow p
-        more closely are rejected less; exactness does not depend on it."""
+        or None), with the output beginning at committed[start], and the grammar's
+        core.grammar.Constraint (or None), at the committed output whenever propose is
+        called. Rules in q only make drafts follow p more closely; a sampled draft must
+        keep to the grammar (mask q with it, pushing and popping its own drafts), since the
+        engine cuts only point-mass drafts at a forbidden token."""
 
     def next_source(self, committed: Sequence[int]) -> str: ...
 
@@ -72,10 +75,10 @@ class ModelDrafter:
         self.model = model  # backend.LlamaModel
         self.sampling = sampling
         self.n_vocab = n_vocab  # ids >= n_vocab are masked (target/draft sizes differ)
-        self.rules, self.start = None, 0  # see constrain
+        self.rules, self.start, self.constraint = None, 0, None  # see constrain
 
-    def constrain(self, rules, start: int) -> None:
-        self.rules, self.start = rules, start
+    def constrain(self, rules, start: int, constraint=None) -> None:
+        self.rules, self.start, self.constraint = rules, start, constraint
 
     def prefill(self, committed: Sequence[int], lazy: bool = False) -> None:
         """Decode all but the pending last token (done with the prompt, off the round clock).
@@ -105,20 +108,32 @@ class ModelDrafter:
         if len(feed) > 2:
             prop.catchup_seconds = time.perf_counter() - t0
             prop.catchup_tokens = len(feed)
-        for i in range(k):
-            row = logits[: self.n_vocab]
-            if self.rules is not None:  # q under the rules p is under, after these drafts
-                row = self.rules.apply(row, [*committed[self.start :], *prop.tokens])
-            x, q = self._draw(row, rng)
-            prop.tokens.append(x)
-            prop.q.append(q)
-            if keep_drafting is not None:
-                prop.q_probs.append(q.prob(x) if q is not None else _top_prob(row))
-            if i == k - 1:
-                break  # the last draft is never decoded here: verification may reject it
-            if keep_drafting is not None and not keep_drafting(i + 1, prop.q_probs[-1]):
-                break
-            logits = self.model.decode([x], 1)[0]
+        grammar = self.constraint
+        try:
+            for i in range(k):
+                row = logits[: self.n_vocab]
+                if self.rules is not None:  # q under the rules p is under, after these drafts
+                    row = self.rules.apply(row, [*committed[self.start :], *prop.tokens])
+                if grammar is not None:  # q keeps to the grammar: nothing forbidden is drafted
+                    row = grammar.mask(np.array(row, dtype=np.float32) if self.rules is None
+                                       else row)
+                x, q = self._draw(row, rng)
+                prop.tokens.append(x)
+                prop.q.append(q)
+                if keep_drafting is not None:
+                    prop.q_probs.append(q.prob(x) if q is not None else _top_prob(row))
+                if i == k - 1:
+                    break  # the last draft is never decoded here: verification may reject it
+                if keep_drafting is not None and not keep_drafting(i + 1, prop.q_probs[-1]):
+                    break
+                if grammar is not None:
+                    if grammar.finished or self.model.is_eog(x):
+                        break  # nothing but the end may follow: no draft after it pays
+                    grammar.push(x)
+                logits = self.model.decode([x], 1)[0]
+        finally:
+            if grammar is not None:
+                grammar.pop()  # the engine's state again: the committed output
         prop.seconds = time.perf_counter() - t0
         return prop
 
@@ -175,8 +190,9 @@ class NgramDrafter:
             self.reference = NgramIndex(n_max=i.n_max, n_min=i.n_min, candidates=i.candidates)
             self.reference.extend([*anchor, *tokens])
 
-    def constrain(self, rules, start: int) -> None:
-        pass  # point-mass drafts: the rules change p, and verification accounts for it
+    def constrain(self, rules, start: int, constraint=None) -> None:
+        pass  # point-mass drafts: the rules change p, verification accounts for it, and
+        # the engine cuts a draft at the first token the grammar forbids
 
     def _lookup(self, committed: Sequence[int], k: int) -> tuple[list[int], int, bool]:
         """(draft, how far back its match agrees, whether it comes from the reference)."""
@@ -245,8 +261,8 @@ class HybridDrafter:
         self.model_drafter.prefill(committed, lazy=True)
         self.ngram.prefill(committed)
 
-    def constrain(self, rules, start: int) -> None:
-        self.model_drafter.constrain(rules, start)
+    def constrain(self, rules, start: int, constraint=None) -> None:
+        self.model_drafter.constrain(rules, start, constraint)
 
     def next_source(self, committed: Sequence[int]) -> str:
         return "ngram" if self.ngram.match_len(committed) >= self.min_match else "model"

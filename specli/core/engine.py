@@ -20,6 +20,7 @@ import numpy as np
 
 from specli.config import SamplingConfig, SpecConfig
 from specli.core.drafters import Drafter, Proposal
+from specli.core.grammar import masked
 from specli.core.policy import FixedK, Policy
 from specli.core.sampling import Verdict, overlap, verify, verify_greedy, warp
 
@@ -74,6 +75,7 @@ class Stats:
     overlap_positions: int = 0
     beta_sum: float = 0.0
     exact_match_sum: float = 0.0
+    grammar_cut: int = 0  # n-gram draft tokens a grammar forbade, cut before verification
 
     @property
     def expected_acceptance(self) -> float | None:
@@ -188,6 +190,7 @@ def speculative_generate(
     trace: bool = False,
     rules=None,
     logprobs: int | None = None,
+    constraint=None,
 ) -> Iterator[Round | Done]:
     """Generate from `target`, drafting with `drafter`, as a stream of events.
 
@@ -211,6 +214,12 @@ def speculative_generate(
     applied to every row of p given the output and the drafts before it, and by the
     model drafter to its q. None: the logits as they are.
 
+    `constraint`: a core.grammar.Constraint at the start of the output (a grammar, a JSON
+    schema): each row of p is masked with its state after the output and the drafts before
+    it; n-gram drafts are cut at the first token it forbids, before verification; the model
+    drafter masks q with it. The output is then distributed exactly as the target alone
+    under the same grammar. See core.grammar.
+
     `logprobs` (the number of alternatives, 0..20): each Round carries a TokenLogprob per
     appended token: its log-probability under the target's distribution at that position
     (the softmax of its logits after the rules, before the warps: what the model says,
@@ -223,6 +232,7 @@ def speculative_generate(
     run.trace = trace
     run.rules = rules
     run.logprobs = logprobs
+    run.constraint = constraint
     return run.events()
 
 
@@ -241,6 +251,7 @@ class _Run:
         self.trace = False  # build a RoundTrace per round: see speculative_generate
         self.rules = None  # core.logits.LogitRules: see speculative_generate
         self.logprobs = None  # alternatives per TokenLogprob, or None: see speculative_generate
+        self.constraint = None  # core.grammar.Constraint: see speculative_generate
 
     def events(self) -> Iterator[Round | Done]:
         stop: StopReason | None = None
@@ -285,7 +296,8 @@ class _Run:
         self.target.reuse_prefix(self.committed)  # a chat turn re-decodes only what is new
         self.target.decode(self.committed[self.target.n_past : -1], 0)
         if self.drafter is not None:
-            self.drafter.constrain(self.rules, self.n_prompt)  # drafters are reused: always
+            # drafters are reused: always told (None included)
+            self.drafter.constrain(self.rules, self.n_prompt, self.constraint)
             self.drafter.prefill(self.committed)
 
     def _round(self, room: int) -> tuple[Round, StopReason | None]:
@@ -303,6 +315,8 @@ class _Run:
         prop = (self.drafter.propose(self.committed, k, self.rng, self.policy.keep_drafting,
                                      source=source)
                 if k > 0 else Proposal())
+        if self.constraint is not None and prop.tokens:
+            self._cut(prop)
         t0 = time.perf_counter()
         pending = self.committed[self.target.n_past :]
         tokens = pending + prop.tokens
@@ -332,12 +346,24 @@ class _Run:
                                  self.sampling.greedy)
         return self._commit(k, prop, verdict, t_verify, t_sample, calls, detail, rows)
 
+    def _cut(self, prop: Proposal) -> None:
+        """Drop the drafts from the first one the grammar forbids: it would cost a verify
+        row and be rejected. Only point-mass (n-gram) drafts can be cut; the model drafter
+        masked its q with the same grammar, so nothing it sampled is forbidden."""
+        n = self.constraint.allowed_prefix(prop.tokens)
+        if n < len(prop.tokens):
+            assert prop.source != "model", "a masked model draft was forbidden"
+            self.stats.grammar_cut += len(prop.tokens) - n
+            del prop.tokens[n:], prop.q[n:], prop.q_probs[n:]
+
     def _ruled(self, rows, prop: Proposal):
-        """The target's rows under the logit rules (each after the output and the drafts
-        before it), computed as verification reaches them; the rows as they are without."""
-        if self.rules is None:
+        """The target's rows under the logit rules and the grammar (each after the output
+        and the drafts before it), computed as verification reaches them; the rows as they
+        are without either."""
+        if self.rules is None and self.constraint is None:
             return rows
-        return _RuledRows(rows, self.rules, self.committed[self.n_prompt :], prop.tokens)
+        return _RuledRows(rows, self.rules, self.committed[self.n_prompt :], prop.tokens,
+                          self.constraint)
 
     def _verify(self, prop: Proposal, rows) -> tuple[Verdict, "_LazyWarp | None", list | None]:
         """The verdict, the warped p rows it used (None when greedy), and, when tracing,
@@ -393,6 +419,9 @@ class _Run:
         # Token j of this round was drawn, or kept, at row j: after the drafts before it.
         lps = (tuple(token_logprob(rows[j], tok, self.logprobs, self.target.token_bytes)
                      for j, tok in enumerate(kept)) if self.logprobs is not None else None)
+        if self.constraint is not None:  # every row is read: back to the output, then on
+            self.constraint.pop()
+            self.constraint.commit(new)
         rnd = Round(self.stats.rounds, k, prop.source if prop.tokens else "none",
                     tuple(prop.tokens), verdict.accept_probs, n, verdict.token, verdict.bonus,
                     tuple(kept), pieces, rejected, prop.seconds, t_verify, t_sample, detail,
@@ -461,21 +490,38 @@ def token_logprob(row, token: int, n_top: int, token_bytes) -> TokenLogprob:
     lse = m + np.log(np.exp(z - m).sum())
     top = np.argpartition(-z, n_top)[:n_top] if 0 < n_top < len(z) else np.arange(len(z))[:n_top]
     top = top[np.argsort(-z[top], kind="stable")]
+    top = top[np.isfinite(z[top])]  # a grammar's forbidden ids are no alternatives
     return TokenLogprob(token, token_bytes(token), float(z[token] - lse),
                         tuple((int(i), token_bytes(int(i)), float(z[i] - lse)) for i in top))
 
 
 class _RuledRows:
-    """Row i under the logit rules, given the output so far and drafts[:i] (on first use)."""
+    """Row i under the logit rules and the grammar, given the output so far and
+    drafts[:i] (on first use). The grammar's matcher is pushed along the drafts as far as
+    the rows read need it, and popped by the round."""
 
-    def __init__(self, rows, rules, output: Sequence[int], drafts: Sequence[int]) -> None:
-        self.rows, self.rules = rows, rules
+    def __init__(self, rows, rules, output: Sequence[int], drafts: Sequence[int],
+                 constraint=None) -> None:
+        self.rows, self.rules, self.constraint = rows, rules, constraint
         self.output, self.drafts = list(output), list(drafts)
         self.cache: dict[int, np.ndarray] = {}
+        self.masks: list[np.ndarray] = []  # allowed ids after drafts[:j], j = 0, 1, ...
+
+    def _mask(self, row: np.ndarray, i: int) -> np.ndarray:
+        c = self.constraint
+        while len(self.masks) <= i:  # the state after drafts[:j], for every j up to i
+            if self.masks:
+                c.push(self.drafts[len(self.masks) - 1])
+            self.masks.append(c.allowed())
+        return masked(row, self.masks[i])
 
     def __getitem__(self, i: int) -> np.ndarray:
         if i not in self.cache:
-            self.cache[i] = self.rules.apply(self.rows[i], self.output + self.drafts[:i])
+            row = (self.rules.apply(self.rows[i], self.output + self.drafts[:i])
+                   if self.rules is not None else np.array(self.rows[i], dtype=np.float32))
+            if self.constraint is not None:
+                row = self._mask(row, i)
+            self.cache[i] = row
         return self.cache[i]
 
     def __len__(self) -> int:

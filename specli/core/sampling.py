@@ -87,6 +87,7 @@ def warp(logits: np.ndarray, cfg: SamplingConfig) -> Dist:
         keep[order[before >= cfg.top_p]] = False  # the top token always has before == 0
     if cfg.min_p > 0.0:
         keep &= probs >= cfg.min_p * probs.max()
+    keep &= probs > 0.0  # masked ids (a grammar's -inf) are outside the support
     ids, probs = ids[keep], probs[keep]
     return Dist(ids.astype(np.int64), probs / probs.sum())
 
