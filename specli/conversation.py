@@ -29,7 +29,8 @@ PREDICTION_ANCHOR = 8
 
 
 # --- prompt tokens ----------------------------------------------------------------------
-def tokenize_conversation(model, template, messages: Sequence[dict]) -> list[int]:
+def tokenize_conversation(model, template, messages: Sequence[dict],
+                          tools: Sequence[dict] | None = None) -> list[int]:
     """Render and tokenize `messages`, splicing in the generated tokens of earlier replies.
 
     A message with a non-empty `tokens` entry (a reply the models generated) is rendered
@@ -37,16 +38,18 @@ def tokenize_conversation(model, template, messages: Sequence[dict]) -> list[int
     reply's own tokens go in between, so the prompt repeats what is in the KV caches. If
     the template alters the content (trims it, drops old turns' reasoning...), the
     placeholders do not survive intact and the whole text is tokenized as usual.
+    `tools`: tool definitions the template lists (messages may then carry tool_calls, and
+    tool results their tool_call_id).
     """
     from specli.prompt import tokenize_chat
 
-    plain_msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+    plain_msgs = [{k: v for k, v in m.items() if k != "tokens"} for m in messages]
     marks = {i: f"\x00specli-reply-{i}\x00" for i, m in enumerate(messages) if m.get("tokens")}
     if not marks:
-        return tokenize_chat(model, template, plain_msgs)
+        return tokenize_chat(model, template, plain_msgs, tools=tools)
     marked = [dict(m, content=marks[i]) if i in marks else m for i, m in enumerate(plain_msgs)]
-    text = template.render(marked)
-    plain = template.render(plain_msgs)
+    text = template.render(marked, tools=tools)
+    plain = template.render(plain_msgs, tools=tools)
     pieces, order, rest = [], [], text
     for i, mark in marks.items():
         before, found, rest = rest.partition(mark)
@@ -56,7 +59,7 @@ def tokenize_conversation(model, template, messages: Sequence[dict]) -> list[int
         order.append(i)
     restored = "".join(p + plain_msgs[i]["content"] for p, i in zip(pieces, order)) + rest
     if len(order) != len(marks) or restored != plain:
-        return tokenize_chat(model, template, plain_msgs)
+        return tokenize_chat(model, template, plain_msgs, tools=tools)
     add_bos = model.adds_bos and not (template.bos_token and text.startswith(template.bos_token))
     tokens: list[int] = []
     for n, (piece, i) in enumerate(zip(pieces, order)):
@@ -218,9 +221,10 @@ class Conversation:
             states = self._states[id(model)] = PromptStates(max_bytes=self.state_bytes)
         return states
 
-    def tokens(self, messages: Sequence[dict]) -> list[int]:
-        """The prompt of `messages` (dicts with role, content, and maybe the reply's tokens)."""
-        return tokenize_conversation(self.target, self.template, messages)
+    def tokens(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> list[int]:
+        """The prompt of `messages` (dicts with role, content, and maybe the reply's tokens;
+        tool calls and results too), with `tools` listed where the template puts them."""
+        return tokenize_conversation(self.target, self.template, messages, tools)
 
     def fit(self, messages: Sequence[dict], start: int, max_tokens: int) -> Fitted:
         """The prompt of messages[start:] (system messages always kept), dropping the
@@ -332,7 +336,8 @@ class ReplyMemory:
         """`messages` with each assistant reply remembered here given its `tokens`."""
         out = []
         for m in messages:
-            tokens = self._tokens.get(m["content"]) if m["role"] == "assistant" else None
+            tokens = (self._tokens.get(m["content"]) if m["role"] == "assistant"
+                      and not m.get("tool_calls") else None)
             out.append(dict(m, tokens=tokens) if tokens else m)
         return out
 

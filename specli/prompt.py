@@ -47,23 +47,39 @@ class ChatTemplate:
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = raise_exception
+        env.filters["tojson"] = _tojson
         return env.from_string(self.source)
 
-    def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: Sequence[dict], add_generation_prompt: bool = True,
+               tools: Sequence[dict] | None = None) -> str:
+        """The prompt text; `tools`: OpenAI tool definitions, for templates that list them
+        (Qwen2.5's puts them in the system turn)."""
         import jinja2
 
         try:
             tpl = self._compiled
             return tpl.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                              bos_token=self.bos_token, eos_token=self.eos_token, tools=None)
+                              bos_token=self.bos_token, eos_token=self.eos_token,
+                              tools=list(tools) if tools else None)
         except jinja2.TemplateError as e:
             raise SpecliError(f"chat template error: {e}") from None
 
 
+def _tojson(value, indent=None, ensure_ascii=False, separators=None, sort_keys=False):
+    """Templates' `tojson` as Hugging Face's and llama.cpp's define it: plain JSON. Jinja's
+    own escapes <, > and & for HTML, so a tool's arguments holding code would reach the
+    model as \u003c... instead of what the model wrote."""
+    import json
+
+    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, separators=separators,
+                      sort_keys=sort_keys)
+
+
 def tokenize_chat(model, template: ChatTemplate, messages: Sequence[dict],
-                  add_generation_prompt: bool = True) -> list[int]:
+                  add_generation_prompt: bool = True, tools: Sequence[dict] | None = None
+                  ) -> list[int]:
     """Render `messages` with `template` and tokenize, adding BOS only if the text lacks it."""
-    text = template.render(messages, add_generation_prompt)
+    text = template.render(messages, add_generation_prompt, tools)
     add_bos = model.adds_bos and not (template.bos_token and text.startswith(template.bos_token))
     return model.tokenize(text, add_special=add_bos, parse_special=True)
 

@@ -12,7 +12,7 @@ from hypothesis import settings
 settings.register_profile("specli", derandomize=True, deadline=None)
 settings.load_profile("specli")
 
-from tinymodels import CHATML_TEMPLATE, N_VOCAB_PADDING, swapped_token_texts, write_tiny_model
+from tinymodels import CHATML_TEMPLATE, N_VOCAB_PADDING, TOOLS_TEMPLATE, swapped_token_texts, write_tiny_model
 
 TARGET_SEED = 0
 DRAFT_SEED = 1
@@ -53,6 +53,13 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_target(tiny_models_dir: Path) -> Path:
     """Tiny llama target with a ChatML chat template."""
     return write_tiny_model(tiny_models_dir / "target.gguf", seed=TARGET_SEED, chat_template=CHATML_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def tiny_target_tools(tiny_models_dir: Path) -> Path:
+    """The same weights and vocabulary as tiny_target, with a template that renders tools."""
+    return write_tiny_model(tiny_models_dir / "target-tools.gguf", seed=TARGET_SEED,
+                            chat_template=TOOLS_TEMPLATE)
 
 
 @pytest.fixture(scope="session")

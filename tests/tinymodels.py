@@ -53,6 +53,25 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
+# ChatML with tools in the Hermes form Qwen2.5 uses (written here, shorter than Qwen's):
+# tools listed in a system turn, calls as <tool_call> JSON blocks, results as <tool_response>.
+TOOLS_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n# Tools\n<tools>\n"
+    "{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}</tools>\n"
+    "Call a function as <tool_call>\n{\"name\": ..., \"arguments\": ...}\n</tool_call>"
+    "<|im_end|>\n{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'tool' %}"
+    "{{ '<|im_start|>user\n<tool_response>\n' + message['content'] + '\n</tool_response><|im_end|>\n' }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
+    "{% for call in message.get('tool_calls') or [] %}"
+    "{{ '<tool_call>\n' }}{{ {'name': call['function']['name'], "
+    "'arguments': call['function']['arguments']} | tojson }}{{ '\n</tool_call>' }}"
+    "{% endfor %}{{ '<|im_end|>\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
 # Gains of the random weights (a matrix [out, in] gets std gain / sqrt(in)), chosen so
 # that greedy text does not collapse into one repeated token and temperature-1
 # sampling keeps a spread-out distribution. OUT_GAIN is about the std of the logits.

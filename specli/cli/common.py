@@ -45,6 +45,33 @@ def read_prompt(prompt: str | None, file: Path | None) -> str:
     return text
 
 
+def read_grammar(json_schema: str | None, grammar: str | None):
+    """--json-schema (a file, or the schema inline) or --grammar (a GBNF file) as a
+    core.grammar.Grammar; None when neither is given. Read before the models load."""
+    from specli.core.grammar import Grammar, GrammarError
+
+    if json_schema is not None and grammar is not None:
+        raise UsageError("give --json-schema or --grammar, not both")
+    given = json_schema if json_schema is not None else grammar
+    if given is None:
+        return None
+    flag = "--json-schema" if json_schema is not None else "--grammar"
+    inline = json_schema is not None and given.lstrip().startswith("{")
+    if inline:
+        text = given
+    else:
+        try:
+            text = Path(given).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UsageError(f"{flag}: no such file: {given}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"{flag}: cannot read {given}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        return Grammar.json_schema(text) if json_schema is not None else Grammar.gbnf(text)
+    except GrammarError as e:
+        raise UsageError(f"{flag} {'(inline)' if inline else given}: {e}") from None
+
+
 def round_record(r) -> dict:
     """One round as plain JSON (for --json and bench files)."""
     return {

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from specli.cli._app import app
-from specli.cli.common import consoles, open_session, read_prompt, round_record, write_trace_html
+from specli.cli.common import (consoles, open_session, read_grammar, read_prompt, round_record,
+                               write_trace_html)
 from specli.cli.options import PlainOpt, check_show, ShowOpt, SystemOpt, generation_options
 from specli.errors import UsageError
 from specli.session import Options
@@ -31,6 +32,10 @@ Examples:
   specli run --target ./big.gguf --draft ./small.gguf --file prompt.txt
 
   specli run --html trace.html "Write a haiku"                # a page to explore the rounds
+
+  specli run --json-schema person.json "Extract: Ada Lovelace, born 1815"   # valid JSON out
+
+  specli run --grammar yesno.gbnf "Is 7 prime?"                # GBNF, as llama.cpp's
 """
 
 
@@ -51,15 +56,25 @@ def run_cmd(
     html_file: Annotated[Optional[Path], typer.Option(
         "--html", help="Also write a self-contained HTML trace to FILE: tokens with p, q and the draws behind each verdict, charts, stats.",
         rich_help_panel="Output")] = None,
+    json_schema: Annotated[Optional[str], typer.Option(
+        "--json-schema", metavar="FILE|JSON",
+        help="The output is JSON valid against this schema (a file, or the schema inline), "
+             "exactly as the target alone would sample it under the schema.",
+        rich_help_panel="Structured output")] = None,
+    grammar_file: Annotated[Optional[str], typer.Option(
+        "--grammar", metavar="FILE",
+        help="The output keeps to this GBNF grammar (llama.cpp's format).",
+        rich_help_panel="Structured output")] = None,
 ) -> None:
     check_show(show)
+    grammar = read_grammar(json_schema, grammar_file)
     if html_file is not None and not html_file.resolve().parent.is_dir():
         raise UsageError(f"cannot write {html_file}: no such directory {html_file.parent}")
     text = read_prompt(prompt, file)
     out, err = consoles(plain=plain or json_out)
     with open_session(err, opts) as gen:
         tokens = gen.prompt_tokens(text, system=system, raw=raw)
-        events = gen.generate(tokens, trace=html_file is not None)
+        events = gen.generate(tokens, trace=html_file is not None, grammar=grammar)
         rounds: list = []
         if json_out:
             done, rounds = gen.collect(events)

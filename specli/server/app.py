@@ -201,7 +201,8 @@ async def _events(ticket, ids: Ids, job):
         while True:
             item = await ticket.get()
             if isinstance(item, Delta):
-                yield sse(chunk(ids, item.text, extra=extra, logprobs=item.logprobs))
+                yield sse(chunk(ids, item.text, extra=extra, logprobs=item.logprobs,
+                                tool_call=item.tool_call))
             elif isinstance(item, Finished):
                 yield sse(chunk(ids, finish_reason=item.finish_reason,
                                 extra={**extra, "timings": item.timings}))

@@ -18,13 +18,16 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from specli.config import SamplingConfig, SpecConfig, parse_k
+from specli.core.grammar import Grammar, GrammarError
 from specli.core.logits import LogitRules
 from specli.errors import UsageError
 from specli.server.errors import bad_request
 
 MAX_STOPS = 4
 _HAS_STRICT = "strict" in {f.name for f in dataclasses.fields(SpecConfig)}
-CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
+              "tool": "tool"}
+TOOL_CHOICES = ("none", "auto", "required")
 
 
 class _Strict(BaseModel):
@@ -39,8 +42,25 @@ class TextPart(_Strict):
 class Message(_Strict):
     role: str
     content: Union[str, list[TextPart], None] = None
-    tool_calls: Any = None
+    tool_calls: Any = None  # assistant: [{id, type: "function", function: {name, arguments}}]
+    tool_call_id: str | None = None  # tool: the call it answers
+    name: str | None = None
     function_call: Any = None
+
+
+class JsonSchemaFormat(_Strict):
+    name: str | None = None
+    description: str | None = None
+    schema_: Any = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's response_format; llama-server's {"type": "json_object", "schema": ...} too."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+    schema_: Any = Field(default=None, alias="schema")
 
 
 class StreamOptions(_Strict):
@@ -88,10 +108,12 @@ class _Common(_Strict):
     logit_bias: dict[str, float] | None = None  # token id (as a string) -> added logit
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    response_format: ResponseFormat | None = None
+    json_schema: Any = None  # llama-server's: a JSON schema the output validates against
+    grammar: str | None = None  # llama-server's: a GBNF grammar the output keeps to
     # Known but unsupported: accepted here only so that a non-default value is refused by name.
     repeat_penalty: Any = None
     best_of: Any = None
-    response_format: Any = None
 
 
 class ChatBody(_Common):
@@ -99,8 +121,9 @@ class ChatBody(_Common):
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    tools: Any = None
-    tool_choice: Any = None
+    tools: list[Any] | None = None
+    tool_choice: Union[str, dict, None] = None
+    parallel_tool_calls: bool | None = None
     functions: Any = None
     function_call: Any = None
     audio: Any = None
@@ -117,12 +140,10 @@ class CompletionBody(_Common):
 
 # field -> values that mean "not asked for" (anything else is refused by name)
 UNSUPPORTED_DEFAULTS: dict[str, tuple] = {
-    "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
-    "function_call": (None, "none", "auto"),
+    "functions": (None, []), "function_call": (None, "none", "auto"),
     "repeat_penalty": (None, 1), "best_of": (None, 1), "audio": (None,),
     "modalities": (None, ["text"]), "echo": (None, False),
     "suffix": (None, ""), "n": (None, 1),
-    "response_format": (None, {"type": "text"}),
 }
 
 
@@ -152,6 +173,11 @@ class Job:
     prediction: str | None = None  # chat: the predicted output's text (drafted from)
     rules: LogitRules | None = None  # logit_bias, presence and frequency penalties
     logprobs: int | None = None  # chat: alternatives per token's logprob (None: no logprobs)
+    grammar: Grammar | None = None  # response_format, json_schema or grammar: the output's
+    grammar_param: str | None = None  # the field it came from (a 400 names it)
+    tools: tuple[dict, ...] | None = None  # chat: the functions the model may call
+    tool_choice: Union[str, dict] = "auto"  # "none" | "auto" | "required" | a named function
+    parallel_tool_calls: bool = True
 
 
 def parse_json(raw: bytes) -> dict:
@@ -171,15 +197,56 @@ def parse_json(raw: bytes) -> dict:
 
 
 def parse_chat(data: dict, defaults: Defaults) -> Job:
+    from specli.toolcalls import template_messages
+
     body = _validate(ChatBody, data)
-    messages = tuple(_message(i, m) for i, m in enumerate(body.messages))
+    messages = [_message(i, m) for i, m in enumerate(body.messages)]
+    try:
+        messages = tuple(template_messages(messages))
+    except ValueError as e:  # "messages[3].tool_call_id: no earlier assistant tool call ..."
+        raise bad_request(str(e), str(e).split(":", 1)[0]) from None
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     job = _job(body, defaults, "chat", messages=messages, prompt="",
                max_tokens=(param, max_tokens))
     if body.prediction is not None:
         job = dataclasses.replace(job, prediction=_prediction(body.prediction))
-    return job
+    return _tools(body, job)
+
+
+def _tools(body: ChatBody, job: Job) -> Job:
+    """tools, tool_choice and parallel_tool_calls, checked; `required` or a named function
+    becomes the grammar of a call whose arguments validate against its schema."""
+    from specli.toolcalls import check_tools
+
+    choice = body.tool_choice if body.tool_choice is not None else "auto"
+    if isinstance(choice, str) and choice not in TOOL_CHOICES:
+        raise bad_request(f"tool_choice: must be 'none', 'auto', 'required' or "
+                          f"{{'type': 'function', 'function': {{'name': ...}}}}, got {choice!r}",
+                          "tool_choice")
+    if not body.tools:
+        if choice not in ("none", "auto"):
+            raise bad_request("tool_choice: needs tools", "tool_choice")
+        return job
+    try:
+        tools = tuple(check_tools(body.tools))
+    except ValueError as e:  # "tools[1].function.name: required"
+        raise bad_request(str(e), str(e).split(":", 1)[0]) from None
+    if isinstance(choice, dict):
+        fn = choice.get("function") if choice.get("type") == "function" else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if not isinstance(name, str):
+            raise bad_request("tool_choice: a named choice is {'type': 'function', "
+                              "'function': {'name': ...}}", "tool_choice")
+        if name not in {t["function"]["name"] for t in tools}:
+            raise bad_request(f"tool_choice.function.name: no tool is named {name!r}",
+                              "tool_choice.function.name")
+    if choice != "none" and choice != "auto" and job.grammar is not None:
+        raise bad_request(f"{job.grammar_param}: cannot be combined with tool_choice "
+                          f"{'required' if choice == 'required' else 'naming a function'}",
+                          job.grammar_param)
+    return dataclasses.replace(job, tools=tools, tool_choice=choice,
+                               parallel_tool_calls=body.parallel_tool_calls is not False)
 
 
 def _prediction(p: Prediction) -> str | None:
@@ -233,16 +300,29 @@ def _message(i: int, m: Message) -> dict:
     if role is None:
         raise bad_request(f"messages[{i}].role: {m.role!r} is not supported (system, developer, "
                           "user or assistant)", f"messages[{i}].role")
-    if m.tool_calls or m.function_call:
-        name = "tool_calls" if m.tool_calls else "function_call"
-        raise bad_request(f"messages[{i}].{name}: tool calls are not supported",
-                          f"messages[{i}].{name}", code="unsupported_parameter")
-    return {"role": role, "content": _content(i, m.content, role)}
+    if m.function_call:
+        raise bad_request(f"messages[{i}].function_call: the legacy function call is not "
+                          "supported (use tool_calls)", f"messages[{i}].function_call",
+                          code="unsupported_parameter")
+    if m.tool_calls and role != "assistant":
+        raise bad_request(f"messages[{i}].tool_calls: only assistant messages have tool calls",
+                          f"messages[{i}].tool_calls")
+    out = {"role": role, "content": _content(i, m.content, role)}
+    if m.tool_calls:
+        out["tool_calls"] = m.tool_calls
+    if role == "tool":
+        if not m.tool_call_id:
+            raise bad_request(f"messages[{i}].tool_call_id: required in a tool message",
+                              f"messages[{i}].tool_call_id")
+        out["tool_call_id"] = m.tool_call_id
+        if m.name:
+            out["name"] = m.name
+    return out
 
 
 def _content(i: int, content, role: str) -> str:
     if content is None:
-        if role == "assistant":
+        if role == "assistant":  # a reply that only called tools has no content
             return ""
         raise bad_request(f"messages[{i}].content: required", f"messages[{i}].content")
     if isinstance(content, str):
@@ -273,10 +353,49 @@ def _job(body: _Common, defaults: Defaults, kind, *, messages, prompt, max_token
         (max_tokens[0], "max_tokens", max_tokens[1]), ("seed", "seed", body.seed),
         ("speculative.k", "k", k), ("speculative.drafter", "drafter", spec_opts.drafter),
         ("speculative.strict", "strict", strict)])
+    grammar, grammar_param = _grammar(body)
     return Job(kind, messages, prompt, sampling, spec, spec_opts.drafter or defaults.drafter,
                _stops(body.stop), bool(body.stream),
                bool(body.stream_options and body.stream_options.include_usage), body.model,
-               rules=_rules(body), logprobs=_logprobs(body))
+               rules=_rules(body), logprobs=_logprobs(body), grammar=grammar,
+               grammar_param=grammar_param)
+
+
+def _grammar(body: _Common) -> tuple[Grammar | None, str | None]:
+    """The output's grammar from response_format, json_schema or grammar (one of them)."""
+    given = []
+    fmt = body.response_format
+    if fmt is not None and fmt.type != "text":
+        if fmt.type == "json_schema":
+            inner = fmt.json_schema
+            if inner is None or inner.schema_ is None:
+                raise bad_request("response_format.json_schema.schema: required",
+                                  "response_format.json_schema.schema")
+            given.append(("response_format.json_schema.schema", "json", inner.schema_))
+        elif fmt.schema_ is not None:  # llama-server: json_object with a schema
+            given.append(("response_format.schema", "json", fmt.schema_))
+        else:
+            given.append(("response_format", "object", None))
+    if body.json_schema is not None:
+        given.append(("json_schema", "json", body.json_schema))
+    if body.grammar:
+        given.append(("grammar", "gbnf", body.grammar))
+    if not given:
+        return None, None
+    if len(given) > 1:
+        raise bad_request(f"{given[1][0]}: give one of response_format, json_schema and "
+                          f"grammar, not several", given[1][0])
+    param, kind, value = given[0]
+    try:
+        if kind == "object":
+            return Grammar.json_object(), param
+        if kind == "json":
+            if not isinstance(value, (dict, str)):
+                raise GrammarError("a JSON schema is an object")
+            return Grammar.json_schema(value), param
+        return Grammar.gbnf(value), param
+    except GrammarError as e:
+        raise bad_request(f"{param}: {e}", param) from None
 
 
 def _logprobs(body: _Common) -> int | None:

@@ -87,8 +87,13 @@ def logprobs_body(lps) -> dict | None:
 def completion_body(ids: Ids, finished) -> dict:
     """The non-streamed response."""
     if ids.kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": finished.text},
-                  "finish_reason": finished.finish_reason,
+        message = {"role": "assistant", "content": finished.text}
+        if finished.tool_calls:
+            message["tool_calls"] = [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.name, "arguments": c.arguments}}
+                for c in finished.tool_calls]
+        choice = {"index": 0, "message": message, "finish_reason": finished.finish_reason,
                   "logprobs": logprobs_body(finished.logprobs)}
         obj = "chat.completion"
     else:
@@ -100,10 +105,13 @@ def completion_body(ids: Ids, finished) -> dict:
 
 
 def chunk(ids: Ids, text: str | None = None, *, first: bool = False,
-          finish_reason: str | None = None, extra: dict | None = None, logprobs=None) -> dict:
-    """One streamed chunk: a text delta, the opening role, or the closing finish_reason."""
+          finish_reason: str | None = None, extra: dict | None = None, logprobs=None,
+          tool_call: dict | None = None) -> dict:
+    """One streamed chunk: a text delta, a tool call's delta (its head: index, id, type and
+    name; then fragments of its arguments), the opening role, or the closing finish_reason."""
     if ids.kind == "chat":
         delta = {"role": "assistant", "content": ""} if first else (
+            {"tool_calls": [tool_call]} if tool_call is not None else
             {"content": text} if text is not None else {})
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason,
                   "logprobs": logprobs_body(logprobs)}

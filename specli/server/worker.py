@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from specli.core.grammar import GrammarError
 from specli.errors import ContextFullError, SpecliError, UsageError
 from specli.server.errors import ApiError, bad_request, internal, queue_full, shutting_down
 from specli.server.protocol import Job
@@ -32,17 +33,19 @@ class Started:
 
 @dataclass(frozen=True)
 class Delta:
-    text: str  # whole characters only: the engine's pieces are UTF-8 safe
+    text: str | None  # whole characters only: the engine's pieces are UTF-8 safe
     logprobs: tuple | None = None  # engine.TokenLogprob of the tokens this text completes
+    tool_call: dict | None = None  # a chunk's tool_calls entry (then text is None)
 
 
 @dataclass(frozen=True)
 class Finished:
-    text: str
-    finish_reason: str  # "stop" | "length"
+    text: str | None  # the reply's content (None: it only called tools)
+    finish_reason: str  # "stop" | "length" | "tool_calls"
     usage: dict
     timings: dict
-    logprobs: tuple | None = None  # engine.TokenLogprob per token of `text` (when asked)
+    logprobs: tuple | None = None  # engine.TokenLogprob per token of the output (when asked)
+    tool_calls: tuple | None = None  # toolcalls.ToolCall, in order
 
 
 @dataclass(frozen=True)
@@ -157,9 +160,13 @@ class Runner:
             prediction = self.core.prediction_tokens(job.prediction) if job.prediction else None
             reply = self.core.reply(tokens, job.spec, job.sampling, job.drafter,
                                     prediction=prediction, rules=self._rules(job),
-                                    logprobs=job.logprobs)
+                                    logprobs=job.logprobs, grammar=self._grammar(job))
         except ApiError as e:
             ticket.put(Failed(e))
+            return
+        except GrammarError as e:  # compiled against this vocabulary: "json_schema: ..."
+            param = job.grammar_param or "tools"
+            ticket.put(Failed(bad_request(f"{param}: {e}", param)))
             return
         except UsageError as e:  # e.g. drafter "model" where no draft model is loaded
             ticket.put(Failed(bad_request(str(e).replace("--drafter", "speculative.drafter"),
@@ -179,6 +186,32 @@ class Runner:
                                   f"(0..{n_vocab - 1})", "logit_bias")
         return rules
 
+    def _tools_on(self, job: Job) -> str | None:
+        """The template's tool-call format when the reply may call tools (then it is parsed
+        for calls): "hermes" (Qwen2.5) or "llama3"; None when it may not."""
+        if not job.tools or job.tool_choice == "none":
+            return None
+        from specli.toolcalls import tools_format
+
+        return tools_format(self.core.template.source)
+
+    def _grammar(self, job: Job):
+        """The job's grammar: its own (response_format, ...), or with tool_choice required
+        or a named function, a call whose arguments validate against the tool's schema."""
+        fmt = self._tools_on(job)
+        if fmt is None or job.tool_choice == "auto":
+            return job.grammar
+        from specli.core.grammar import Grammar
+        from specli.toolcalls import grammar
+
+        if fmt != "hermes":
+            raise bad_request(f"tool_choice: forcing a call is supported for Hermes-style "
+                              f"templates (Qwen2.5); this model's template writes calls in "
+                              f"the {fmt} form (use tool_choice auto)", "tool_choice")
+        special = len(self.core.target.tokenize("<tool_call>", add_special=False)) == 1
+        return Grammar.lark(grammar(list(job.tools), job.tool_choice, job.parallel_tool_calls,
+                                    special=special), kind="tool_calls")
+
     def _prompt(self, job: Job) -> list[int]:
         """The job's prompt tokens; 400 when the template fails or the prompt cannot fit."""
         from specli.conversation import raw_tokens
@@ -186,7 +219,15 @@ class Runner:
         param = "messages" if job.kind == "chat" else "prompt"
         try:
             if job.kind == "chat":
-                tokens = self.core.tokens(self.memory.annotate(job.messages))
+                tools = None
+                if job.tools:
+                    from specli.toolcalls import tools_format
+
+                    if tools_format(self.core.template.source) is None:
+                        raise bad_request("tools: the model's chat template does not render "
+                                          "tools (see `specli doctor` and models.toml)", "tools")
+                    tools = [dict(t) for t in job.tools] if job.tool_choice != "none" else None
+                tokens = self.core.tokens(self.memory.annotate(job.messages), tools)
             else:
                 tokens = raw_tokens(self.core.target, job.prompt)
             self.core.check_fits(tokens)
@@ -198,7 +239,9 @@ class Runner:
         return tokens
 
     def _generate(self, ticket: Ticket, reply, queue_ms: float) -> None:
-        run = _Stream(ticket.job.stop)
+        job = ticket.job
+        run = _Stream(job.stop, calls=self._tools_on(job),
+                      names=[t["function"]["name"] for t in job.tools or ()])
         done = None
         try:
             done, stopped = run.drive(reply, ticket)
@@ -216,21 +259,31 @@ class Runner:
         finished = run.finished(done, stopped, reply, queue_ms)
         ticket.put(finished)  # answer first; the bookkeeping below delays only the next job
         reply.finish(done)
-        tokens = run.tokens_of(finished.text, done, stopped)
-        if tokens:
-            self.memory.remember(finished.text, tokens)
+        if finished.tool_calls is None:  # a reply that called tools comes back as calls
+            tokens = run.tokens_of(finished.text or "", done, stopped)
+            if tokens:
+                self.memory.remember(finished.text or "", tokens)
         self.log(_log_line(ticket.job, finished))
 
 
 class _Stream:
     """One generation's rounds -> text deltas, with stop strings and the round tally."""
 
-    def __init__(self, stops) -> None:
+    def __init__(self, stops, calls: str | None = None, names=()) -> None:
         self.stops = StopScanner(stops)
         self.tally = Tally()
-        self.sent: list[str] = []
+        self.sent: list[str] = []  # the output's text as released (before tool-call parsing)
         self.n_sent = 0  # characters sent
         self.lp_sent = 0  # tokens whose logprobs were sent
+        # Tools on: the released text is parsed for calls (toolcalls.CallStream) and sent
+        # as content and tool-call deltas; the non-streamed answer reads the same parse.
+        if calls:  # a Llama 3.x call has no tag to stream from: parsed when complete
+            from specli.toolcalls import BufferedCalls, HermesCalls
+
+            self.calls = (HermesCalls(names) if calls == "hermes" else BufferedCalls(calls))
+        else:
+            self.calls = None
+        self.content: list[str] = []
 
     def drive(self, reply, ticket: Ticket):
         """Iterate the engine; returns (Done, how it stopped: "stop" | "engine" | None)."""
@@ -242,10 +295,12 @@ class _Stream:
                 if self.stops.hit:
                     return ev, "stop"
                 self._release(ticket, self.stops.flush())  # a held-back partial stop string
-                return ev, "engine"  # is text after all
+                self._close_calls(ticket)  # is text after all
+                return ev, "engine"
             self.tally.add(ev)
             self._send(ticket, ev.text)
             if self.stops.hit:
+                self._close_calls(ticket)
                 return reply.interrupt(), "stop"
             if ticket.cancelled.is_set():
                 return reply.interrupt(), None
@@ -260,7 +315,35 @@ class _Stream:
         if out:
             self.sent.append(out)
             self.n_sent += len(out)
-            ticket.put(Delta(out, self._logprobs_upto(self.n_sent)))
+            lps = self._logprobs_upto(self.n_sent)
+            if self.calls is None:
+                ticket.put(Delta(out, lps))
+            else:
+                self._put_calls(ticket, self.calls.feed(out), lps)
+
+    def _close_calls(self, ticket: Ticket) -> None:
+        if self.calls is not None:
+            self._put_calls(ticket, self.calls.close(), None)
+
+    def _put_calls(self, ticket: Ticket, events, lps) -> None:
+        """CallStream events as deltas: content, a call's head, its argument fragments."""
+        from specli.toolcalls import CallStart, Content
+
+        for ev in events:
+            if isinstance(ev, Content):
+                if ev.text:
+                    self.content.append(ev.text)
+                    ticket.put(Delta(ev.text, lps))
+                    lps = None
+            elif isinstance(ev, CallStart):
+                ticket.put(Delta(None, tool_call={
+                    "index": ev.index, "id": ev.id, "type": "function",
+                    "function": {"name": ev.name, "arguments": ""}}))
+            else:  # Arguments
+                ticket.put(Delta(None, tool_call={"index": ev.index,
+                                                  "function": {"arguments": ev.fragment}}))
+        if lps:  # logprobs of tokens inside a call: sent with an empty content delta
+            ticket.put(Delta("", lps))
 
     def _logprobs_upto(self, n_chars: int) -> tuple | None:
         """The logprobs of the tokens the first n_chars characters complete, not yet sent."""
@@ -288,8 +371,14 @@ class _Stream:
                 "rejected_prediction_tokens": counts[0] - counts[1]}
         lps = (tuple(self.tally.logprobs[: self.tally.tokens_covering(len(text))])
                if self.tally.logprobs is not None else None)
+        calls = None
+        if self.calls is not None:
+            text = "".join(self.content).strip() or None
+            calls = tuple(self.calls.calls) or None
+            if calls and reason == "stop":
+                reason = "tool_calls"
         return Finished(text, reason, usage, timings(done.stats, reply, self.tally, queue_ms),
-                        lps)
+                        lps, calls)
 
     def tokens_of(self, text: str, done, stopped: str) -> tuple[int, ...] | None:
         """The tokens generated as exactly `text`, when known (for the next request's prompt)."""
