@@ -7,10 +7,14 @@ schema or tools to every server:
   extract   JSON-schema extraction (response_format json_schema, strict) whose answer
             copies from the input: a changelog entry, a dependency list, a stack trace,
             a function signature
-  agent     turns of a short coding-agent transcript with tools (read_file, write_file,
-            tool_choice auto, as agents send it): the user asks for an edit; the model
-            reads the file; the tool result holds it; the next reply writes the edited
-            file back (a write_file call whose arguments copy most of the tool result)
+  agent     turns of a short coding-agent transcript with tools (read_file, write_file):
+            the user asks for an edit; the model reads the file; the tool result holds
+            it; the next reply writes the edited file back (a write_file call whose
+            arguments copy most of the tool result, JSON-escaped). tool_choice required,
+            parallel_tool_calls false, for every server: under auto Qwen2.5-Coder 1.5B
+            writes its calls as text at random (0 of 8 valid on llama-server, 2 of 8 on
+            specli in a first run), and with parallel calls allowed it goes on writing
+            more calls until max_tokens
 
 Servers, all started at once and sent each request in turn (ratios pair requests seconds
 apart; see serve_vs_llama_server.py for why): specli serve --k auto (hybrid drafter),
@@ -25,7 +29,7 @@ each other server, the median of per-request ratios.
 
 Usage:
   python benchmarks/agent_tools.py --llama-bin "$(../shared/anchors/build-llama-cpp-tools)"
-      [--target T.gguf --draft D.gguf] [--temperatures 0,0.8] [--repeats 2] [--n 256]
+      [--target T.gguf --draft D.gguf] [--temperatures 0,0.8] [--repeats 2] [--n 512]
       [--threads 2] [--ctx 4096] [--json OUT.json]
 Run it on a quiet machine. It asserts nothing.
 """
@@ -161,7 +165,8 @@ def request_body(kind, payload, temperature, seed, n, spec):
                 "response_format": {"type": "json_schema",
                                     "json_schema": {"name": "out", "schema": schema, "strict": True}}}
     else:
-        body = {"messages": payload, "tools": TOOLS}
+        body = {"messages": payload, "tools": TOOLS, "tool_choice": "required",
+                "parallel_tool_calls": False}
     body.update(model="bench", temperature=temperature, seed=seed, max_tokens=n, **SAMPLING)
     if spec is not None:
         body["speculative"] = spec
@@ -187,7 +192,7 @@ def main(argv=None) -> None:
     p.add_argument("--target"), p.add_argument("--draft"), p.add_argument("--pair")
     p.add_argument("--temperatures", default="0,0.8")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--n", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ctx", type=int, default=4096)
     p.add_argument("--json")

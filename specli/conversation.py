@@ -68,6 +68,22 @@ def tokenize_conversation(model, template, messages: Sequence[dict],
     return tokens + model.tokenize(rest, add_special=False, parse_special=True)
 
 
+def json_echoes(messages: Sequence[dict], prompt: str = "") -> str:
+    """What a JSON reply (a tool call's arguments, a schema's strings) is likely to copy,
+    spelled as it would be inside a JSON string: the tool results and the last user
+    message (or a raw prompt), escaped as json.dumps writes them, one per line. A file a
+    tool returned is copied into write_file's "content" with its newlines as \\n and its
+    quotes as \\": the lookup over the prompt itself misses those. Drafted from as a
+    prediction (measured on an agent's write turn, Qwen2.5-Coder 1.5B, 2 cores, forced
+    call: 24.6 tok/s from the prompt alone, 33.7 with these; K = 0 16.2)."""
+    import json
+
+    texts = [m["content"] for m in messages if m.get("role") == "tool" and m.get("content")]
+    users = [m["content"] for m in messages if m.get("role") == "user" and m.get("content")]
+    texts += users[-1:] or ([prompt] if prompt else [])
+    return "\n".join(json.dumps(t, ensure_ascii=False)[1:-1] for t in texts)
+
+
 def raw_tokens(model, text: str) -> list[int]:
     """A prompt fed as is, without the chat template (as `run --raw` feeds it)."""
     from specli.prompt import build_prompt

@@ -206,7 +206,7 @@ def test_profile_timers_charge_exclusive_time(prof):
 
 
 @pytest.mark.parametrize("script", ["vs_llama_cpp.py", "profile_loop.py", "ngram_headroom.py",
-                                    "serve_turns.py"])
+                                    "serve_turns.py", "agent_tools.py", "constraint_overhead.py"])
 def test_help(script):
     out = subprocess.run([sys.executable, str(BENCH_DIR / script), "--help"],
                          capture_output=True, text=True, timeout=60)
@@ -337,3 +337,22 @@ def test_serve_turns_runs_a_growing_conversation_on_tiny_models(tiny_target, tin
         assert t["seconds"] > 0 and 0 < t["prompt_n"] < t["prompt_tokens"] // 2
     assert data["summary"]["here"]["turns"] == 2
     assert "turn latency" in r.stdout
+
+
+def test_agent_tools_validity_reads_schemas_and_calls():
+    """A reply counts as valid only when it parses and validates (extract), or is tool
+    calls whose arguments validate against the tool's parameters (agent)."""
+    at = _load("agent_tools")
+    schema = at.EXTRACT[0][2]
+    good = {"version": "2.4.0", "date": "2026-11-02", "added": [], "fixed": [], "deprecated": []}
+    assert at.validity("extract", schema, {"message": {"content": json.dumps(good)}})[0]
+    assert not at.validity("extract", schema, {"message": {"content": '{"version": 2}'}})[0]
+    call = {"function": {"name": "write_file", "arguments": json.dumps({"path": "a", "content": "x"})}}
+    assert at.validity("agent", None, {"message": {"tool_calls": [call]}}) == (True, "write_file")
+    bad = {"function": {"name": "write_file", "arguments": json.dumps({"path": "a"})}}
+    assert not at.validity("agent", None, {"message": {"tool_calls": [bad]}})[0]
+    assert at.validity("agent", None, {"message": {"content": "sure"}}) == (False, "text")
+    turns = at.agent_turns()
+    assert [t for t, _ in turns] == ["rename/read", "rename/write", "docstring/read",
+                                     "docstring/write"]
+    assert turns[1][1][-1] == {"role": "tool", "tool_call_id": "call_read0", "content": at.DB_PY}

@@ -189,3 +189,42 @@ def test_logprobs_are_the_targets_log_softmax_at_each_position(models):
     done_k, spec = logprobs(4)
     assert done_k.tokens == done.tokens and done_k.stats.accepted > 0
     assert np.allclose([lp.logprob for lp in spec], [lp.logprob for lp in alone], atol=0.02)
+
+
+# --- llama.cpp's repeat_penalty ---------------------------------------------------------------
+@given(st.lists(st.integers(0, 11), max_size=30), st.lists(st.integers(0, 11), max_size=10),
+       st.floats(0.1, 10), st.integers(0, 12))
+def test_repeat_penalty_is_llama_cpps_definition(output, before, repeat, last_n):
+    """Each distinct token among the last `last_n` of before + output: a positive logit
+    divided by the penalty, a negative one multiplied; the others untouched."""
+    rng = np.random.default_rng(len(output) + 7 * len(before))
+    row = rng.normal(size=12).astype(np.float32)
+    rules = LogitRules(repeat=repeat, repeat_last_n=last_n)
+    got = rules.apply(row, output, before)
+    window = set(([*before, *output][-last_n:]) if last_n else [])
+    for j in range(12):
+        x = float(row[j])
+        want = (x / repeat if x > 0 else x * repeat) if (j in window and repeat != 1) else x
+        assert got[j] == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def test_repeat_penalty_out_of_range_is_refused_and_1_is_off():
+    assert LogitRules.of(repeat=1.0) is None and LogitRules.of(repeat=1.3, repeat_last_n=0) is None
+    for bad in (dict(repeat=0.0), dict(repeat=10.5), dict(repeat=1.1, repeat_last_n=-1)):
+        with pytest.raises(ValueError):
+            LogitRules.of(**bad)
+
+
+@pytest.mark.parametrize("kind", ["model", "ngram"])
+def test_greedy_under_repeat_penalty_equals_the_target_alone(models, kind):
+    """The window holds the prompt's end and the drafts before each verified position: K = 4
+    gives the target alone's greedy output under the same penalty, which it changes."""
+    target, draft = models
+    prompt = target.tokenize(REPEATING, add_special=False)
+    rules = LogitRules(repeat=3.0, repeat_last_n=16)
+    alone = run(target, None, prompt, 0, GREEDY, 0, rules, max_tokens=40)
+    drafter = (ModelDrafter(draft, GREEDY, target.n_vocab) if kind == "model"
+               else NgramDrafter(n_min=1))
+    spec = run(target, drafter, prompt, 4, GREEDY, 0, rules, max_tokens=40)
+    assert spec.tokens == alone.tokens and spec.stats.drafted > 0
+    assert alone.tokens != run(target, None, prompt, 0, GREEDY, 0, None, max_tokens=40).tokens

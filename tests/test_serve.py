@@ -428,6 +428,9 @@ OK_CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     ({**OK_CHAT, "presence_penalty": 2.5}, "presence_penalty"),
     ({**OK_CHAT, "frequency_penalty": -3}, "frequency_penalty"),
     ({**OK_CHAT, "frequency_penalty": "high"}, "frequency_penalty"),
+    ({**OK_CHAT, "repeat_penalty": 0}, "repeat_penalty"),
+    ({**OK_CHAT, "repeat_penalty": 11.0}, "repeat_penalty"),
+    ({**OK_CHAT, "repeat_penalty": 1.1, "repeat_last_n": -2}, "repeat_last_n"),
 ])
 def test_bad_fields_get_400_naming_them(server, body, param):
     status, err = error_of(*request(server, "POST", "/v1/chat/completions", body)[::2])
@@ -484,8 +487,28 @@ def test_logprobs_whole_and_streamed(client, server):
     assert [(c.token, c.logprob) for c in streamed] == [(c.token, c.logprob) for c in content]
     assert chat(client, "Hi", max_tokens=2).choices[0].logprobs is None
     status, err = error_of(*request(server, "POST", "/v1/completions",
-                                    {"prompt": "x", "max_tokens": 2, "logprobs": 2})[::2])
-    assert status == 400 and err["param"] == "logprobs"
+                                    {"prompt": "x", "max_tokens": 2, "logprobs": 6})[::2])
+    assert status == 400 and err["param"] == "logprobs"  # the legacy form allows 0..5
+
+
+def test_legacy_completions_logprobs_whole_and_streamed(client):
+    """/v1/completions logprobs=N: tokens, token_logprobs, top_logprobs ({token: logprob},
+    N of them) and text_offset, as the SDK's Logprobs reads them; the tokens make up the
+    text, the offsets count its characters; streamed, the same tokens spread over chunks."""
+    kw = dict(model="m", prompt=LONG_RAW, max_tokens=16, temperature=0, logprobs=2,
+              extra_body={"speculative": {"k": 4}})
+    whole = client.completions.create(**kw)
+    lp = whole.choices[0].logprobs
+    assert "".join(lp.tokens) == whole.choices[0].text
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 16
+    assert lp.text_offset == [sum(map(len, lp.tokens[:i])) for i in range(16)]
+    assert all(len(t) <= 2 and max(t.values()) >= v - 1e-6
+               for t, v in zip(lp.top_logprobs, lp.token_logprobs))
+    streamed = []
+    for ch in client.completions.create(**kw, stream=True):
+        if ch.choices and ch.choices[0].logprobs:
+            streamed += ch.choices[0].logprobs.tokens
+    assert streamed == lp.tokens
 
 
 def test_malformed_json_and_wrong_shapes(server):

@@ -234,3 +234,28 @@ def test_a_grammar_this_vocabulary_cannot_build_is_a_400(server):
         "messages": ASK, "json_schema": {"type": "object", "properties": {"a": {"type": "strin"}}}}
     )[::2])
     assert status == 400 and err["param"] == "json_schema" and "strin" in err["message"]
+
+
+def test_json_echoes_spell_tool_results_as_json_strings_do():
+    from specli.conversation import json_echoes
+
+    msgs = [{"role": "user", "content": "old ask"}, {"role": "user", "content": 'say "hi"'},
+            {"role": "tool", "tool_call_id": "c", "content": 'def f():\n    return "x"\n'}]
+    assert json_echoes(msgs).split("\n") == ['def f():\\n    return \\"x\\"\\n', 'say \\"hi\\"']
+    assert json_echoes([], prompt="a\tb") == "a\\tb"
+
+
+def test_a_json_reply_drafts_from_the_escaped_context_without_claiming_a_prediction(client):
+    """A tool result holding a file, and a forced call that copies it into a JSON string:
+    the escaped copy is drafted from (timings prediction_draft_n), but usage reports no
+    Predicted Outputs, which the request did not send."""
+    body = "line one\n" * 6
+    msgs = ASK + [{"role": "assistant", "content": None, "tool_calls": [{
+        "id": "call_1", "type": "function",
+        "function": {"name": "read_file", "arguments": '{"path": "a", "lines": true}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": body}]
+    r = client.chat.completions.create(model="m", messages=msgs, tools=TOOLS, tool_choice="required",
+                                       max_tokens=60, extra_body={"speculative": {"k": 4,
+                                                                                  "drafter": "ngram"}})
+    assert r.model_extra["timings"].get("prediction_draft_n") is not None
+    assert r.usage.completion_tokens_details is None

@@ -362,8 +362,10 @@ class _Run:
         are without either."""
         if self.rules is None and self.constraint is None:
             return rows
+        before = (self.committed[max(0, self.n_prompt - self.rules.window) : self.n_prompt]
+                  if self.rules is not None and self.rules.window else ())
         return _RuledRows(rows, self.rules, self.committed[self.n_prompt :], prop.tokens,
-                          self.constraint)
+                          self.constraint, before)
 
     def _verify(self, prop: Proposal, rows) -> tuple[Verdict, "_LazyWarp | None", list | None]:
         """The verdict, the warped p rows it used (None when greedy), and, when tracing,
@@ -501,8 +503,9 @@ class _RuledRows:
     the rows read need it, and popped by the round."""
 
     def __init__(self, rows, rules, output: Sequence[int], drafts: Sequence[int],
-                 constraint=None) -> None:
+                 constraint=None, before: Sequence[int] = ()) -> None:
         self.rows, self.rules, self.constraint = rows, rules, constraint
+        self.before = list(before)  # the prompt's end, for the repeat penalty's window
         self.output, self.drafts = list(output), list(drafts)
         self.cache: dict[int, np.ndarray] = {}
         self.masks: list[np.ndarray] = []  # allowed ids after drafts[:j], j = 0, 1, ...
@@ -517,7 +520,7 @@ class _RuledRows:
 
     def __getitem__(self, i: int) -> np.ndarray:
         if i not in self.cache:
-            row = (self.rules.apply(self.rows[i], self.output + self.drafts[:i])
+            row = (self.rules.apply(self.rows[i], self.output + self.drafts[:i], self.before)
                    if self.rules is not None else np.array(self.rows[i], dtype=np.float32))
             if self.constraint is not None:
                 row = self._mask(row, i)

@@ -592,9 +592,13 @@ class LlamaModel:
         first use, about 1 s on Qwen's 151,936 ids, then kept). A grammar's end may be
         any end-of-generation token."""
         if self._lltok is None:
+            import warnings
+
             from llguidance.llamacpp import lltokenizer_from_vocab
 
-            self._lltok = lltokenizer_from_vocab(self._vocab, eos_token=self.eog_tokens())
+            with warnings.catch_warnings():  # it calls a deprecated llama_cpp function
+                warnings.simplefilter("ignore", DeprecationWarning)  # once per token
+                self._lltok = lltokenizer_from_vocab(self._vocab, eos_token=self.eog_tokens())
         return self._lltok
 
     @property

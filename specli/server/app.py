@@ -195,6 +195,7 @@ async def _collect(ticket, request: Request, ids: Ids) -> dict:
 async def _events(ticket, ids: Ids, job):
     """The SSE body: a role chunk (chat), text deltas, the finish chunk, usage, [DONE]."""
     extra = {"usage": None} if job.include_usage else {}
+    offset = 0  # characters sent so far: the legacy logprobs' text_offset
     try:
         if ids.kind == "chat":
             yield sse(chunk(ids, first=True, extra=extra))
@@ -202,7 +203,8 @@ async def _events(ticket, ids: Ids, job):
             item = await ticket.get()
             if isinstance(item, Delta):
                 yield sse(chunk(ids, item.text, extra=extra, logprobs=item.logprobs,
-                                tool_call=item.tool_call))
+                                tool_call=item.tool_call, offset=offset))
+                offset += len(item.text or "")
             elif isinstance(item, Finished):
                 yield sse(chunk(ids, finish_reason=item.finish_reason,
                                 extra={**extra, "timings": item.timings}))

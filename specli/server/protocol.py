@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from specli.config import SamplingConfig, SpecConfig, parse_k
 from specli.core.grammar import Grammar, GrammarError
-from specli.core.logits import LogitRules
+from specli.core.logits import REPEAT_LAST_N, LogitRules
 from specli.errors import UsageError
 from specli.server.errors import bad_request
 
@@ -111,8 +111,9 @@ class _Common(_Strict):
     response_format: ResponseFormat | None = None
     json_schema: Any = None  # llama-server's: a JSON schema the output validates against
     grammar: str | None = None  # llama-server's: a GBNF grammar the output keeps to
+    repeat_penalty: float | None = None  # llama-server's (1: off)
+    repeat_last_n: int | None = None  # llama-server's: its window (default 64)
     # Known but unsupported: accepted here only so that a non-default value is refused by name.
-    repeat_penalty: Any = None
     best_of: Any = None
 
 
@@ -133,7 +134,7 @@ class ChatBody(_Common):
 
 class CompletionBody(_Common):
     prompt: str
-    logprobs: Any = None  # the legacy completions form (an int): not supported
+    logprobs: int | None = Field(default=None, ge=0, le=5)  # the legacy form: alternatives
     echo: Any = None
     suffix: Any = None
 
@@ -141,9 +142,17 @@ class CompletionBody(_Common):
 # field -> values that mean "not asked for" (anything else is refused by name)
 UNSUPPORTED_DEFAULTS: dict[str, tuple] = {
     "functions": (None, []), "function_call": (None, "none", "auto"),
-    "repeat_penalty": (None, 1), "best_of": (None, 1), "audio": (None,),
+    "best_of": (None, 1), "audio": (None,),
     "modalities": (None, ["text"]), "echo": (None, False),
     "suffix": (None, ""), "n": (None, 1),
+}
+
+
+UNSUPPORTED_WHY = {
+    "n": "one choice per request: the server runs one generation at a time, so n choices "
+         "would take n times as long as n requests, which a client can send itself",
+    "best_of": "one generation per request, as for n",
+    "suffix": "fill-in-the-middle is not built yet",
 }
 
 
@@ -273,7 +282,8 @@ def _validate(model: type[BaseModel], data: dict):
         raise bad_request(f"{param}: {err['msg']}" if param else err["msg"], param) from None
     for name, defaults in UNSUPPORTED_DEFAULTS.items():
         if name in model.model_fields and not _is_default(getattr(body, name), defaults):
-            raise bad_request(f"{name}: not supported by specli serve (leave it out)", name,
+            why = UNSUPPORTED_WHY.get(name, "leave it out")
+            raise bad_request(f"{name}: not supported by specli serve ({why})", name,
                               code="unsupported_parameter")
     return body
 
@@ -400,12 +410,8 @@ def _grammar(body: _Common) -> tuple[Grammar | None, str | None]:
 
 def _logprobs(body: _Common) -> int | None:
     """Chat's logprobs/top_logprobs: the alternatives wanted, or None for no logprobs."""
-    if isinstance(body, CompletionBody):
-        if body.logprobs not in (None, False, 0):
-            raise bad_request("logprobs: not supported on /v1/completions by specli serve "
-                              "(chat completions have it)", "logprobs",
-                              code="unsupported_parameter")
-        return None
+    if isinstance(body, CompletionBody):  # legacy: logprobs = how many alternatives (0..5)
+        return body.logprobs
     if not body.logprobs:
         if body.top_logprobs:
             raise bad_request("top_logprobs: needs logprobs: true", "top_logprobs")
@@ -421,7 +427,10 @@ def _rules(body: _Common) -> LogitRules | None:
             raise bad_request(f"logit_bias: keys are token ids, got {key!r}", "logit_bias")
         bias[int(key)] = value
     try:
-        return LogitRules.of(bias, body.presence_penalty or 0.0, body.frequency_penalty or 0.0)
+        return LogitRules.of(bias, body.presence_penalty or 0.0, body.frequency_penalty or 0.0,
+                             body.repeat_penalty if body.repeat_penalty is not None else 1.0,
+                             body.repeat_last_n if body.repeat_last_n is not None
+                             else REPEAT_LAST_N)
     except ValueError as e:  # out of OpenAI's ranges: "presence_penalty must be in [-2, 2]..."
         param = str(e).split(" ", 1)[0].rstrip(":")
         raise bad_request(str(e), param) from None

@@ -84,6 +84,23 @@ def logprobs_body(lps) -> dict | None:
             "refusal": None}
 
 
+def legacy_logprobs(lps, offset: int = 0) -> dict | None:
+    """The completions endpoint's `logprobs` object (tokens, token_logprobs, top_logprobs
+    as {token: logprob}, text_offset from `offset`) for engine.TokenLogprob items."""
+    if lps is None:
+        return None
+    tokens, offsets = [], []
+    for t in lps:
+        offsets.append(offset)
+        text = t.bytes.decode("utf-8", "replace")
+        tokens.append(text)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": [t.logprob for t in lps],
+            "top_logprobs": [{b.decode("utf-8", "replace"): lp for _, b, lp in t.top}
+                             for t in lps],
+            "text_offset": offsets}
+
+
 def completion_body(ids: Ids, finished) -> dict:
     """The non-streamed response."""
     if ids.kind == "chat":
@@ -98,7 +115,7 @@ def completion_body(ids: Ids, finished) -> dict:
         obj = "chat.completion"
     else:
         choice = {"index": 0, "text": finished.text, "finish_reason": finished.finish_reason,
-                  "logprobs": None}
+                  "logprobs": legacy_logprobs(finished.logprobs)}
         obj = "text_completion"
     return {**ids.head(obj), "choices": [choice], "usage": finished.usage,
             "timings": finished.timings}
@@ -106,7 +123,7 @@ def completion_body(ids: Ids, finished) -> dict:
 
 def chunk(ids: Ids, text: str | None = None, *, first: bool = False,
           finish_reason: str | None = None, extra: dict | None = None, logprobs=None,
-          tool_call: dict | None = None) -> dict:
+          tool_call: dict | None = None, offset: int = 0) -> dict:
     """One streamed chunk: a text delta, a tool call's delta (its head: index, id, type and
     name; then fragments of its arguments), the opening role, or the closing finish_reason."""
     if ids.kind == "chat":
@@ -118,7 +135,7 @@ def chunk(ids: Ids, text: str | None = None, *, first: bool = False,
         obj = "chat.completion.chunk"
     else:
         choice = {"index": 0, "text": text or "", "finish_reason": finish_reason,
-                  "logprobs": None}
+                  "logprobs": legacy_logprobs(logprobs, offset)}
         obj = "text_completion"
     return {**ids.head(obj), "choices": [choice], **(extra or {})}
 

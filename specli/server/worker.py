@@ -157,7 +157,7 @@ class Runner:
         t_start = time.perf_counter()
         try:
             tokens = self._prompt(job)
-            prediction = self.core.prediction_tokens(job.prediction) if job.prediction else None
+            prediction = self._reference(job)
             reply = self.core.reply(tokens, job.spec, job.sampling, job.drafter,
                                     prediction=prediction, rules=self._rules(job),
                                     logprobs=job.logprobs, grammar=self._grammar(job))
@@ -185,6 +185,21 @@ class Runner:
                 raise bad_request(f"logit_bias: token {bad[0]} is not in the model's vocabulary "
                                   f"(0..{n_vocab - 1})", "logit_bias")
         return rules
+
+    def _reference(self, job: Job) -> list[int] | None:
+        """The tokens drafted from besides the context: the request's predicted output,
+        and, when the reply is JSON (a schema, or tool calls), what it may copy in JSON's
+        escaped spelling (conversation.json_echoes)."""
+        from specli.conversation import json_echoes
+
+        tokens = self.core.prediction_tokens(job.prediction) if job.prediction else []
+        json_out = (job.tools and job.tool_choice != "none") or (
+            job.grammar is not None and job.grammar.kind in ("json_schema", "json_object"))
+        if json_out:
+            echoes = json_echoes(job.messages, job.prompt)
+            if echoes:
+                tokens += self.core.prediction_tokens(echoes)
+        return tokens or None
 
     def _tools_on(self, job: Job) -> str | None:
         """The template's tool-call format when the reply may call tools (then it is parsed
@@ -241,7 +256,8 @@ class Runner:
     def _generate(self, ticket: Ticket, reply, queue_ms: float) -> None:
         job = ticket.job
         run = _Stream(job.stop, calls=self._tools_on(job),
-                      names=[t["function"]["name"] for t in job.tools or ()])
+                      names=[t["function"]["name"] for t in job.tools or ()],
+                      predicted=job.prediction is not None)
         done = None
         try:
             done, stopped = run.drive(reply, ticket)
@@ -269,7 +285,8 @@ class Runner:
 class _Stream:
     """One generation's rounds -> text deltas, with stop strings and the round tally."""
 
-    def __init__(self, stops, calls: str | None = None, names=()) -> None:
+    def __init__(self, stops, calls: str | None = None, names=(), predicted: bool = False) -> None:
+        self.predicted = predicted  # the request sent a prediction (usage reports on it)
         self.stops = StopScanner(stops)
         self.tally = Tally()
         self.sent: list[str] = []  # the output's text as released (before tool-call parsing)
@@ -365,7 +382,7 @@ class _Stream:
                  "total_tokens": reply.prompt_tokens + n_out,
                  "prompt_tokens_details": {"cached_tokens": reply.prompt_reused}}
         counts = reply.prediction_counts
-        if counts is not None:  # OpenAI's Predicted Outputs fields: drafted, kept, rejected
+        if counts is not None and self.predicted:  # Predicted Outputs: drafted, kept, rejected
             usage["completion_tokens_details"] = {
                 "accepted_prediction_tokens": counts[1],
                 "rejected_prediction_tokens": counts[0] - counts[1]}
