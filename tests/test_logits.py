@@ -125,13 +125,16 @@ def test_sampled_output_is_the_targets_under_the_rules(models, kind):
 
 
 @pytest.mark.parametrize("kind", ["model", "ngram"])
-def test_greedy_under_the_rules_equals_the_target_alone(models, kind):
+@pytest.mark.parametrize("which", ["bias_and_penalties", "repeat"])
+def test_greedy_under_the_rules_equals_the_target_alone(models, kind, which):
     """Greedy, 40 tokens: K = 4 gives the target alone's output under the same rules,
-    and the rules change that output."""
+    and the rules change that output. repeat: llama.cpp's repeat_penalty, whose window
+    holds the prompt's end and the drafts before each verified position."""
     target, draft = models
-    text = REPEATING if kind == "ngram" else "Once upon a time there was"
+    text = REPEATING if kind == "ngram" or which == "repeat" else "Once upon a time there was"
     prompt = target.tokenize(text, add_special=False)
-    rules = rules_for(target, prompt)
+    rules = (rules_for(target, prompt) if which == "bias_and_penalties"
+             else LogitRules(repeat=3.0, repeat_last_n=16))
     alone = run(target, None, prompt, 0, GREEDY, 0, rules, max_tokens=40)
     drafter = (ModelDrafter(draft, GREEDY, target.n_vocab) if kind == "model"
                else NgramDrafter(n_min=1))
@@ -213,18 +216,3 @@ def test_repeat_penalty_out_of_range_is_refused_and_1_is_off():
     for bad in (dict(repeat=0.0), dict(repeat=10.5), dict(repeat=1.1, repeat_last_n=-1)):
         with pytest.raises(ValueError):
             LogitRules.of(**bad)
-
-
-@pytest.mark.parametrize("kind", ["model", "ngram"])
-def test_greedy_under_repeat_penalty_equals_the_target_alone(models, kind):
-    """The window holds the prompt's end and the drafts before each verified position: K = 4
-    gives the target alone's greedy output under the same penalty, which it changes."""
-    target, draft = models
-    prompt = target.tokenize(REPEATING, add_special=False)
-    rules = LogitRules(repeat=3.0, repeat_last_n=16)
-    alone = run(target, None, prompt, 0, GREEDY, 0, rules, max_tokens=40)
-    drafter = (ModelDrafter(draft, GREEDY, target.n_vocab) if kind == "model"
-               else NgramDrafter(n_min=1))
-    spec = run(target, drafter, prompt, 4, GREEDY, 0, rules, max_tokens=40)
-    assert spec.tokens == alone.tokens and spec.stats.drafted > 0
-    assert alone.tokens != run(target, None, prompt, 0, GREEDY, 0, None, max_tokens=40).tokens

@@ -113,9 +113,7 @@ class ModelDrafter:
             for i in range(k):
                 row = logits[: self.n_vocab]
                 if self.rules is not None:  # q under the rules p is under, after these drafts
-                    before = committed[max(0, self.start - self.rules.window) : self.start]
-                    row = self.rules.apply(row, [*committed[self.start :], *prop.tokens],
-                                           before if self.rules.window else ())
+                    row = self.rules.after(row, committed, self.start, prop.tokens)
                 if grammar is not None:  # q keeps to the grammar: nothing forbidden is drafted
                     row = grammar.mask(np.array(row, dtype=np.float32) if self.rules is None
                                        else row)

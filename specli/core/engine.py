@@ -362,10 +362,8 @@ class _Run:
         are without either."""
         if self.rules is None and self.constraint is None:
             return rows
-        before = (self.committed[max(0, self.n_prompt - self.rules.window) : self.n_prompt]
-                  if self.rules is not None and self.rules.window else ())
-        return _RuledRows(rows, self.rules, self.committed[self.n_prompt :], prop.tokens,
-                          self.constraint, before)
+        return _RuledRows(rows, self.rules, self.committed, self.n_prompt, prop.tokens,
+                          self.constraint)
 
     def _verify(self, prop: Proposal, rows) -> tuple[Verdict, "_LazyWarp | None", list | None]:
         """The verdict, the warped p rows it used (None when greedy), and, when tracing,
@@ -502,11 +500,13 @@ class _RuledRows:
     drafts[:i] (on first use). The grammar's matcher is pushed along the drafts as far as
     the rows read need it, and popped by the round."""
 
-    def __init__(self, rows, rules, output: Sequence[int], drafts: Sequence[int],
-                 constraint=None, before: Sequence[int] = ()) -> None:
+    def __init__(self, rows, rules, committed: Sequence[int], start: int,
+                 drafts: Sequence[int], constraint=None) -> None:
         self.rows, self.rules, self.constraint = rows, rules, constraint
-        self.before = list(before)  # the prompt's end, for the repeat penalty's window
-        self.output, self.drafts = list(output), list(drafts)
+        # Only what the rules read: the output, and the prompt's end for the repeat window.
+        self.start = min(start, rules.window) if rules is not None else 0
+        self.committed = list(committed[start - self.start :]) if rules is not None else []
+        self.drafts = list(drafts)
         self.cache: dict[int, np.ndarray] = {}
         self.masks: list[np.ndarray] = []  # allowed ids after drafts[:j], j = 0, 1, ...
 
@@ -520,7 +520,7 @@ class _RuledRows:
 
     def __getitem__(self, i: int) -> np.ndarray:
         if i not in self.cache:
-            row = (self.rules.apply(self.rows[i], self.output + self.drafts[:i], self.before)
+            row = (self.rules.after(self.rows[i], self.committed, self.start, self.drafts[:i])
                    if self.rules is not None else np.array(self.rows[i], dtype=np.float32))
             if self.constraint is not None:
                 row = self._mask(row, i)

@@ -83,6 +83,13 @@ class LogitRules:
         """How many tokens before the output the rules read (the prompt's end)."""
         return self.repeat_last_n if self._repeating else 0
 
+    def after(self, logits: np.ndarray, committed: Sequence[int], start: int,
+              drafts: Sequence[int] = ()) -> np.ndarray:
+        """apply() at the position after committed + drafts, the output beginning at
+        committed[start] (what comes before it is the prompt, for the repeat window)."""
+        before = committed[max(0, start - self.window) : start] if self.window else ()
+        return self.apply(logits, [*committed[start:], *drafts], before)
+
     def apply(self, logits: np.ndarray, output: Sequence[int],
               before: Sequence[int] = ()) -> np.ndarray:
         """A new row: `logits` (one position, [V]) under the rules, after `output`, which

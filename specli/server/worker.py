@@ -151,6 +151,10 @@ class Runner:
         self.core.warm_up()  # before /health says ready
         self.memory = ReplyMemory()  # replies' tokens, for clients re-sending the history
         self.log = log
+        from specli.toolcalls import tools_format
+
+        # How the target's template writes tool calls ("hermes", "llama3"; None: no tools)
+        self.tools_format = tools_format(self.core.template.source)
 
     def run(self, ticket: Ticket) -> None:
         job = ticket.job
@@ -206,9 +210,7 @@ class Runner:
         for calls): "hermes" (Qwen2.5) or "llama3"; None when it may not."""
         if not job.tools or job.tool_choice == "none":
             return None
-        from specli.toolcalls import tools_format
-
-        return tools_format(self.core.template.source)
+        return self.tools_format
 
     def _grammar(self, job: Job):
         """The job's grammar: its own (response_format, ...), or with tool_choice required
@@ -236,9 +238,7 @@ class Runner:
             if job.kind == "chat":
                 tools = None
                 if job.tools:
-                    from specli.toolcalls import tools_format
-
-                    if tools_format(self.core.template.source) is None:
+                    if self.tools_format is None:
                         raise bad_request("tools: the model's chat template does not render "
                                           "tools (see `specli doctor` and models.toml)", "tools")
                     tools = [dict(t) for t in job.tools] if job.tool_choice != "none" else None
