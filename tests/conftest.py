@@ -63,6 +63,19 @@ def tiny_target_tools(tiny_models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_target_fim(tiny_models_dir: Path) -> Path:
+    """tiny_target's weights and vocabulary plus Qwen2.5-Coder's six FIM tokens."""
+    return write_tiny_model(tiny_models_dir / "target-fim.gguf", seed=TARGET_SEED, fim=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_draft_fim(tiny_models_dir: Path) -> Path:
+    """tiny_draft with the FIM tokens: the draft of tiny_target_fim."""
+    return write_tiny_model(tiny_models_dir / "draft-fim.gguf", seed=DRAFT_SEED,
+                            perturb_of=TARGET_SEED, fim=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_target_notemplate(tiny_models_dir: Path) -> Path:
     """The same weights and vocabulary as tiny_target, without tokenizer.chat_template."""
     return write_tiny_model(tiny_models_dir / "target-notemplate.gguf", seed=TARGET_SEED, chat_template=None)

@@ -45,6 +45,11 @@ EOT_TEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIAL_TOKENS = (EOT_TEXT, IM_START, IM_END)
+# Qwen2.5-Coder's fill-in-the-middle tokens, appended by write_tiny_model(fim=True). The
+# first three are named in the metadata (tokenizer.ggml.fim_*_token_id); llama.cpp finds
+# the others by their text, as it does for GGUFs converted without those keys.
+FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>",
+              "<|repo_name|>", "<|file_sep|>")
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -171,6 +176,11 @@ def special_id(text: str) -> int:
     return len(base_vocab()[0]) + SPECIAL_TOKENS.index(text)
 
 
+def fim_id(text: str) -> int:
+    """Id of a FIM token in a tiny model written with fim=True."""
+    return n_vocab_base() + FIM_TOKENS.index(text)
+
+
 def n_vocab_base() -> int:
     return len(base_vocab()[0]) + len(SPECIAL_TOKENS)
 
@@ -262,6 +272,7 @@ def write_tiny_model(
     chat_template: str | None = CHATML_TEMPLATE,
     n_layer: int = 2,
     n_ctx_train: int = 4096,
+    fim: bool = False,
 ) -> Path:
     """Write a tiny llama GGUF model to `path` and return the path.
 
@@ -271,17 +282,25 @@ def write_tiny_model(
     n_vocab_extra: "[PAD{i}]" tokens appended after the shared vocabulary.
     token_text_override: {id: text} replacing token texts (see swapped_token_texts).
     chat_template: the tokenizer.chat_template metadata; None leaves it out.
+    fim: append FIM_TOKENS after the specials (rows drawn from the base seed, so a
+    perturbed draft has them too, perturbed); not combined with n_vocab_extra.
     """
     import gguf
 
     path = Path(path)
-    if perturb_of is None:
-        weights = _random_weights(seed, n_layer)
-    else:
-        weights = _perturb(_random_weights(perturb_of, n_layer), seed, perturb_scale)
+    base = seed if perturb_of is None else perturb_of
+    weights = _random_weights(base, n_layer)
+    if fim:
+        if n_vocab_extra:
+            raise ValueError("fim and n_vocab_extra are not combined")
+        weights = _pad_vocab(weights, base, len(FIM_TOKENS))
+    if perturb_of is not None:
+        weights = _perturb(weights, seed, perturb_scale)
     if n_vocab_extra:
         weights = _pad_vocab(weights, seed, n_vocab_extra)
     tokens = vocab_tokens(n_vocab_extra)
+    if fim:
+        tokens += FIM_TOKENS
     for token_id, text in (token_text_override or {}).items():
         tokens[token_id] = text
     if len(set(tokens)) != len(tokens):
@@ -289,7 +308,7 @@ def write_tiny_model(
 
     writer = gguf.GGUFWriter(str(path), "llama")
     _write_metadata(writer, n_layer, n_ctx_train, seed)
-    _write_tokenizer(writer, tokens, n_vocab_extra, chat_template)
+    _write_tokenizer(writer, tokens, n_vocab_extra, chat_template, fim)
     for name, array in weights.items():
         writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
     writer.write_header_to_file()
@@ -315,14 +334,20 @@ def _write_metadata(writer, n_layer: int, n_ctx_train: int, seed: int) -> None:
     writer.add_layer_norm_rms_eps(RMS_EPS)
 
 
-def _write_tokenizer(writer, tokens: list[str], n_vocab_extra: int, chat_template: str | None) -> None:
+def _write_tokenizer(writer, tokens: list[str], n_vocab_extra: int, chat_template: str | None,
+                     fim: bool = False) -> None:
     import gguf
 
     _, merges = base_vocab()
-    n_special_start = len(tokens) - n_vocab_extra - len(SPECIAL_TOKENS)
+    n_fim = len(FIM_TOKENS) if fim else 0
+    n_special_start = len(tokens) - n_vocab_extra - len(SPECIAL_TOKENS) - n_fim
     types = [gguf.TokenType.NORMAL] * n_special_start
-    types += [gguf.TokenType.CONTROL] * len(SPECIAL_TOKENS)
+    types += [gguf.TokenType.CONTROL] * (len(SPECIAL_TOKENS) + n_fim)
     types += [gguf.TokenType.UNUSED] * n_vocab_extra
+    if fim:
+        first = n_vocab_base()
+        for i, role in enumerate(("fim_pre", "fim_suf", "fim_mid")):
+            writer.add_uint32(f"tokenizer.ggml.{role}_token_id", first + i)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
     writer.add_token_list(tokens)

@@ -601,6 +601,15 @@ class LlamaModel:
                 self._lltok = lltokenizer_from_vocab(self._vocab, eos_token=self.eog_tokens())
         return self._lltok
 
+    def fim_tokens(self) -> dict[str, int]:
+        """The fill-in-the-middle token ids llama.cpp found (pre, suf, mid, pad, rep, sep),
+        from tokenizer.ggml.fim_*_token_id or, failing that, the vocabulary's texts
+        (<|fim_prefix|>, <PRE>, <|repo_name|>, ...); a role the model lacks is left out."""
+        lc, vocab = self._lc, self._vocab
+        found = {role: getattr(lc, f"llama_vocab_fim_{role}")(vocab)
+                 for role in ("pre", "suf", "mid", "pad", "rep", "sep")}
+        return {role: t for role, t in found.items() if 0 <= t < self.n_vocab}
+
     @property
     def bos(self) -> int:
         return self._lc.llama_vocab_bos(self._vocab)
