@@ -123,10 +123,11 @@ class Reply:
     def __init__(self, conv: "Conversation", tokens: list[int], spec: SpecConfig,
                  sampling: SamplingConfig, drafter_name: str | None = None,
                  trace: bool = False, prediction: Sequence[int] | None = None,
-                 rules=None, logprobs: int | None = None, grammar=None) -> None:
+                 rules=None, logprobs: int | None = None, grammar=None,
+                 anchored: bool = True) -> None:
         drafter, self.policy = conv.drafter_policy(
             spec, sampling, drafter_name, prediction=prediction,
-            anchor=tokens[-PREDICTION_ANCHOR:])
+            anchor=tokens[-PREDICTION_ANCHOR:] if anchored else ())
         # The n-gram drafter holds this reply's prediction, if it drafts from one (auto or
         # ngram, K > 0: drafter_policy sets or clears it for every reply).
         ngram = conv._ngram
@@ -270,7 +271,7 @@ class Conversation:
     def reply(self, tokens: list[int], spec: SpecConfig, sampling: SamplingConfig,
               drafter_name: str | None = None, trace: bool = False,
               prediction: Sequence[int] | None = None, rules=None,
-              logprobs: int | None = None, grammar=None) -> Reply:
+              logprobs: int | None = None, grammar=None, anchored: bool = True) -> Reply:
         """Start generating the reply to `tokens` (see Reply for the protocol).
 
         `drafter_name` (model, ngram, auto) defaults to the loaded pair's own setting;
@@ -278,11 +279,24 @@ class Conversation:
         reply is expected to repeat (the server's `prediction` field), drafted from by the
         n-gram and auto drafters; `rules`: a core.logits.LogitRules the reply is sampled
         under (logit bias, penalties); `logprobs`: rounds carry each token's log-probability
-        and this many alternatives; `grammar`: a core.grammar.Grammar the reply keeps to.
+        and this many alternatives; `grammar`: a core.grammar.Grammar the reply keeps to;
+        `anchored`: the prediction may follow the prompt directly (False: it is only text
+        the reply may copy from, such as the code a fill-in-the-middle prompt left out).
         Drafts never change what is sampled, only how fast.
         """
         return Reply(self, tokens, spec, sampling, drafter_name, trace, prediction, rules,
-                     logprobs, grammar)
+                     logprobs, grammar, anchored)
+
+    def prefill(self, tokens: list[int]) -> tuple[int, float]:
+        """Evaluate a prompt into the target's cache without generating (an editor's cache
+        warm-up): (tokens evaluated, seconds). A later prompt sharing its start reuses it."""
+        target = self.target
+        t0 = time.perf_counter()
+        self.prompt_states(target).prepare(target, tokens)
+        n = target.reuse_prefix(tokens)
+        if n < len(tokens):
+            target.decode(tokens[n:], n_logits=0)
+        return len(tokens) - n, time.perf_counter() - t0
 
     def prediction_tokens(self, text: str) -> list[int]:
         """A predicted output's tokens: plain text, as the reply would spell it (no more

@@ -8,6 +8,7 @@ ending with `data: [DONE]`. Errors leave in OpenAI's shape from the handlers at 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import threading
 import time
@@ -21,10 +22,11 @@ from specli.config import PROMPT_CACHE_BYTES
 from specli.server import guard
 from specli.server.errors import ApiError, error_body, internal, loading, unauthorized
 from specli.server.guard import Access
-from specli.server.protocol import Defaults, parse_chat, parse_completion, parse_json
-from specli.server.responses import (DONE, Ids, chunk, completion_body, models_body, sse,
-                                     usage_chunk)
-from specli.server.worker import Delta, Failed, Finished, Runner, Scheduler
+from specli.server.protocol import (Defaults, parse_chat, parse_completion, parse_infill,
+                                    parse_json)
+from specli.server.responses import (DONE, Ids, chunk, completion_body, infill_body,
+                                     infill_chunk, models_body, sse, usage_chunk)
+from specli.server.worker import Choices, Delta, Failed, Finished, Runner, Scheduler
 
 MAX_BODY = 8 * 1024 * 1024  # bytes; a larger request body gets 413
 POLL_S = 0.25  # how often a request waiting for its turn checks that its client is still there
@@ -115,6 +117,10 @@ def build_app(state: ServerState) -> FastAPI:
     async def completions(request: Request):
         return await _complete(request, state, parse_completion)
 
+    @app.post("/infill")
+    async def infill(request: Request):  # llama-server's, for editor plugins (fim.py)
+        return await _complete(request, state, parse_infill)
+
     _install_error_handlers(app, state)
     guard.install(app, state.access, state.log)
     return app
@@ -155,16 +161,27 @@ async def _complete(request: Request, state: ServerState, parse):
     if not state.ready.is_set():
         raise loading()
     job = parse(parse_json(await _read_body(request)), state.defaults)
+    if job.infill is not None:  # a newer completion from the same client cancels this one
+        client = request.client.host if request.client else ""
+        job = dataclasses.replace(job, client=f"{client} {request.headers.get('authorization', '')}")
     ticket = state.scheduler.submit(job, asyncio.get_running_loop())
     try:
         first = await _next(ticket, request)  # Started, or Failed (bad prompt, cancelled)
         if isinstance(first, Failed):
             raise first.error
         ids = Ids(job.kind, state.model_id)
+        native = job.infill is not None and job.infill.native
         if job.stream:
-            return EventStream(_events(ticket, ids, job),
+            events = _infill_events(ticket, job, state) if native else _events(ticket, ids, job)
+            return EventStream(events,
                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return JSONResponse(await _collect(ticket, request, ids))
+        finished = await _collect(ticket, request)
+        if native:
+            n_ctx = state.model_info.get("n_ctx", 0)
+            items = finished.items if isinstance(finished, Choices) else (finished,)
+            bodies = [infill_body(f, job, state.model_id, n_ctx, i) for i, f in enumerate(items)]
+            return JSONResponse(bodies if isinstance(finished, Choices) else bodies[0])
+        return JSONResponse(completion_body(ids, finished))
     except ClientGone:
         return Response(status_code=499)
     except BaseException:
@@ -183,13 +200,38 @@ async def _next(ticket, request: Request):
                 raise ClientGone from None
 
 
-async def _collect(ticket, request: Request, ids: Ids) -> dict:
+async def _collect(ticket, request: Request):
+    """The Finished (or, for several completions, the Choices) of a non-streamed request."""
     while True:
         item = await _next(ticket, request)
-        if isinstance(item, Finished):
-            return completion_body(ids, item)
+        if isinstance(item, (Finished, Choices)):
+            return item
         if isinstance(item, Failed):
             raise item.error
+
+
+async def _infill_events(ticket, job, state: ServerState):
+    """llama-server's native stream: `data: {"content": ..., "stop": false}` per piece, then
+    the whole answer with `"stop": true` and empty content; no [DONE]."""
+    n_pred = 0
+    try:
+        while True:
+            item = await ticket.get()
+            if isinstance(item, Delta):
+                if item.text:
+                    n_pred += 1
+                    yield sse(infill_chunk(item.text, n_pred, 0))
+            elif isinstance(item, Finished):
+                body = infill_body(item, job, state.model_id, state.model_info.get("n_ctx", 0))
+                if "content" in body:
+                    body["content"] = ""
+                yield sse(body)
+                return
+            elif isinstance(item, Failed):
+                yield sse(item.error.body())
+                return
+    finally:
+        ticket.cancel()
 
 
 async def _events(ticket, ids: Ids, job):

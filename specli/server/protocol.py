@@ -139,12 +139,46 @@ class CompletionBody(_Common):
     suffix: Any = None
 
 
+class ExtraChunk(BaseModel):
+    """An `input_extra` entry: {"filename": ..., "text": ...}; other keys (a client's
+    `time`) are ignored. Checked by hand to give llama-server's messages."""
+
+    model_config = ConfigDict(extra="ignore")
+    text: Any = None
+    filename: Any = None
+
+
+class InfillBody(_Common):
+    """llama-server's /infill, as llama.vscode and llama.vim send it (see fim.py)."""
+
+    input_prefix: Union[str, list[Union[str, int]]] = ""
+    input_suffix: Union[str, list[Union[str, int]]] = ""
+    input_extra: Any = None
+    prompt: str = ""
+    n_predict: int | None = None
+    samplers: Union[list[str], str, None] = None
+    n_indent: int = Field(default=0, ge=0)
+    t_max_predict_ms: int = Field(default=0, ge=0)
+    response_fields: list[str] | None = None
+    return_tokens: bool = False
+    n_cmpl: int | None = None
+    # Read and ignored, documented (README): the slot, llama-server's prompt-cache switch
+    # (specli's reuse is exact, so it always reuses) and its unimplemented prompt timeout.
+    id_slot: Any = None
+    cache_prompt: Any = None
+    t_max_prompt_ms: Any = None
+    timings_per_token: Any = None
+    # Known but unsupported.
+    n_probs: Any = None
+    lora: Any = None
+
+
 # field -> values that mean "not asked for" (anything else is refused by name)
 UNSUPPORTED_DEFAULTS: dict[str, tuple] = {
     "functions": (None, []), "function_call": (None, "none", "auto"),
     "best_of": (None, 1), "audio": (None,),
     "modalities": (None, ["text"]), "echo": (None, False),
-    "suffix": (None, ""), "n": (None, 1),
+    "n": (None, 1), "n_probs": (None, 0), "lora": (None, []),
 }
 
 
@@ -152,8 +186,15 @@ UNSUPPORTED_WHY = {
     "n": "one choice per request: the server runs one generation at a time, so n choices "
          "would take n times as long as n requests, which a client can send itself",
     "best_of": "one generation per request, as for n",
-    "suffix": "fill-in-the-middle is not built yet",
+    "n_probs": "token probabilities are given by /v1/completions' logprobs",
+    "lora": "adapters are not loaded",
 }
+MAX_COMPLETIONS = 4  # /infill's n_cmpl: alternatives, generated one after another
+# llama-server's samplers that specli has (the others are named in generation_settings as
+# not applied); temperature always applies (0: greedy), the filters only when listed.
+SAMPLER_FILTERS = {"top_k": ("top_k", 0), "top_p": ("top_p", 1.0), "min_p": ("min_p", 0.0)}
+LLAMA_SAMPLERS = {"penalties", "dry", "top_n_sigma", "top_k", "typ_p", "typical_p", "top_p",
+                  "min_p", "xtc", "temperature", "infill"}
 
 
 @dataclass(frozen=True)
@@ -166,10 +207,28 @@ class Defaults:
 
 
 @dataclass(frozen=True)
+class InfillSpec:
+    """A fill-in-the-middle request (/infill, or /v1/completions with a suffix)."""
+
+    prefix: Union[str, tuple]
+    suffix: Union[str, tuple]
+    extra: tuple = ()  # fim.Chunk
+    prompt: str = ""  # text typed after the prefix (the cursor line's start)
+    n_indent: int = 0
+    t_max_predict_ms: int = 0
+    warm_only: bool = False  # n_predict 0: evaluate the prompt into the cache, generate nothing
+    native: bool = True  # llama-server's response shape (False: OpenAI's completions)
+    response_fields: tuple[str, ...] | None = None
+    return_tokens: bool = False
+    n_choices: int = 1
+    ignored_samplers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Job:
     """One validated request: what to generate and how to answer."""
 
-    kind: Literal["chat", "completion"]
+    kind: Literal["chat", "completion", "infill"]
     messages: tuple[dict, ...]  # chat: {"role", "content"}, system/user/assistant
     prompt: str  # completion: fed without the chat template
     sampling: SamplingConfig
@@ -187,6 +246,8 @@ class Job:
     tools: tuple[dict, ...] | None = None  # chat: the functions the model may call
     tool_choice: Union[str, dict] = "auto"  # "none" | "auto" | "required" | a named function
     parallel_tool_calls: bool = True
+    infill: InfillSpec | None = None  # fill in the middle (then `prompt` is unused)
+    client: str | None = None  # who sent it (address and key): a newer infill cancels theirs
 
 
 def parse_json(raw: bytes) -> dict:
@@ -267,10 +328,82 @@ def _prediction(p: Prediction) -> str | None:
 
 def parse_completion(data: dict, defaults: Defaults) -> Job:
     body = _validate(CompletionBody, data)
-    if not body.prompt:
+    suffix = body.suffix if body.suffix is not None else ""
+    if not isinstance(suffix, str):
+        raise bad_request("suffix: must be a string", "suffix")
+    if not body.prompt and not suffix:
         raise bad_request("prompt: must not be empty", "prompt")
-    return _job(body, defaults, "completion", messages=(), prompt=body.prompt,
-                max_tokens=("max_tokens", body.max_tokens))
+    job = _job(body, defaults, "completion", messages=(), prompt=body.prompt,
+               max_tokens=("max_tokens", body.max_tokens))
+    if suffix:  # fill in the middle, between the prompt and the suffix
+        job = dataclasses.replace(job, infill=InfillSpec(body.prompt, suffix, native=False))
+    return job
+
+
+def parse_infill(data: dict, defaults: Defaults) -> Job:
+    """llama-server's /infill: the FIM fields, its sampler list and editor stops."""
+    from specli.fim import Chunk
+
+    body = _validate(InfillBody, data)
+    n_choices = body.n_cmpl if body.n_cmpl is not None else (body.n or 1)
+    if not 1 <= n_choices <= MAX_COMPLETIONS:
+        raise bad_request(f"Field 'n_cmpl': Value must be between 1 and {MAX_COMPLETIONS}",
+                          "n_cmpl")
+    if n_choices > 1 and body.stream:
+        raise bad_request("n_cmpl: several completions are answered together, not streamed",
+                          "n_cmpl")
+    extra = []
+    chunks = body.input_extra if body.input_extra is not None else []
+    if not isinstance(chunks, list):
+        raise bad_request('"input_extra" must be an array of {"filename": string, '
+                          '"text": string}', "input_extra")
+    for i, raw in enumerate(chunks):
+        c = ExtraChunk.model_validate(raw) if isinstance(raw, dict) else None
+        if c is None or not isinstance(c.text, str):
+            raise bad_request(f'input_extra[{i}]: extra_context chunk must contain a "text" '
+                              'field with a string value', f"input_extra[{i}].text")
+        if c.filename is not None and not isinstance(c.filename, str):
+            raise bad_request(f'input_extra[{i}]: extra_context chunk\'s "filename" field '
+                              'must be a string', f"input_extra[{i}].filename")
+        extra.append(Chunk(c.text, c.filename) if c.filename is not None else Chunk(c.text))
+    n_predict = body.n_predict if body.n_predict is not None else body.max_tokens
+    if n_predict is not None and n_predict < -1:
+        raise bad_request(f"n_predict: must be -1 (no limit but the server's), 0 (only "
+                          f"evaluate the prompt) or more, got {n_predict}", "n_predict")
+    warm = n_predict == 0
+    max_tokens = None if n_predict in (None, -1, 0) else n_predict
+    body, ignored = _samplers(body)
+    job = _job(body, defaults, "infill", messages=(), prompt="",
+               max_tokens=("n_predict", max_tokens))
+    as_tuple = (lambda v: v if isinstance(v, str) else tuple(v))
+    spec = InfillSpec(as_tuple(body.input_prefix), as_tuple(body.input_suffix), tuple(extra),
+                      body.prompt, body.n_indent, body.t_max_predict_ms, warm,
+                      response_fields=(tuple(body.response_fields)
+                                       if body.response_fields is not None else None),
+                      return_tokens=body.return_tokens, n_choices=n_choices,
+                      ignored_samplers=ignored)
+    return dataclasses.replace(job, infill=spec)
+
+
+def _samplers(body: InfillBody) -> tuple[InfillBody, tuple[str, ...]]:
+    """llama-server's `samplers` list: a filter specli has (top_k, top_p, min_p) applies
+    only when listed, as there; temperature always applies (0 is greedy); the rest
+    (llama.cpp's own `infill`, dry, xtc...) are not applied, and said so in the answer."""
+    names = body.samplers
+    if names is None:
+        return body, ()
+    if isinstance(names, str):  # llama-server's letters form ("kpm...")
+        raise bad_request("samplers: give a list of names (the letters form is not read)",
+                          "samplers")
+    unknown = [n for n in names if n not in LLAMA_SAMPLERS]
+    if unknown:
+        raise bad_request(f"samplers: unknown sampler {unknown[0]!r} (known: "
+                          f"{', '.join(sorted(LLAMA_SAMPLERS))})", "samplers")
+    if not names:  # llama.vim's cache warm-up sends []: nothing is generated then
+        return body, ()
+    off = {field: value for name, (field, value) in SAMPLER_FILTERS.items() if name not in names}
+    ignored = tuple(n for n in names if n not in SAMPLER_FILTERS and n != "temperature")
+    return body.model_copy(update=off), ignored
 
 
 def _validate(model: type[BaseModel], data: dict):
@@ -410,6 +543,8 @@ def _grammar(body: _Common) -> tuple[Grammar | None, str | None]:
 
 def _logprobs(body: _Common) -> int | None:
     """Chat's logprobs/top_logprobs: the alternatives wanted, or None for no logprobs."""
+    if isinstance(body, InfillBody):  # llama-server's n_probs: refused above
+        return None
     if isinstance(body, CompletionBody):  # legacy: logprobs = how many alternatives (0..5)
         return body.logprobs
     if not body.logprobs:

@@ -146,9 +146,54 @@ def usage_chunk(ids: Ids, finished) -> dict:
     return {**ids.head(obj), "choices": [], "usage": finished.usage, "timings": finished.timings}
 
 
+def infill_body(finished, job, model: str, n_ctx: int, index: int = 0) -> dict:
+    """llama-server's native /infill answer (compact JSON, one line: llama.vim reads it
+    line by line and looks for `"content":"`), cut to `response_fields` when asked:
+    each "a/b" path is given at the top level under that name, as llama-server does."""
+    f, t = job.infill, finished.timings
+    settings = {"n_ctx": n_ctx, "n_predict": job.spec.max_tokens, "seed": job.spec.seed,
+                "temperature": job.sampling.temperature, "top_k": job.sampling.top_k,
+                "top_p": job.sampling.top_p, "min_p": job.sampling.min_p,
+                "stream": job.stream, "stop": list(job.stop), "n_indent": f.n_indent,
+                "t_max_predict_ms": f.t_max_predict_ms,
+                "speculative": {"k": job.spec.k, "drafter": job.drafter,
+                                "strict": job.spec.strict},
+                "samplers_not_applied": list(finished.ignored_samplers)}
+    body = {"index": index, "content": finished.text or "",
+            "tokens": list(finished.tokens) if f.return_tokens else [],
+            "id_slot": 0, "stop": True, "model": model,
+            "tokens_predicted": finished.usage["completion_tokens"],
+            "tokens_evaluated": finished.usage["prompt_tokens"],
+            "generation_settings": settings, "prompt": finished.prompt_text,
+            "has_new_line": "\n" in (finished.text or ""), "truncated": finished.truncated,
+            "stop_type": finished.stop_type, "stopping_word": finished.stopping_word,
+            "tokens_cached": finished.tokens_cached, "timings": t}
+    if f.response_fields is None:
+        return body
+    out = {}
+    for path in f.response_fields:
+        value, found = body, bool(path)
+        for part in path.split("/"):
+            if isinstance(value, dict) and part in value:
+                value = value[part]
+            else:
+                found = False
+                break
+        if found:
+            out[path] = value
+    return out
+
+
+def infill_chunk(text: str, n_predicted: int, n_evaluated: int) -> dict:
+    """One streamed piece of a native /infill answer (the last is infill_body's, stop true)."""
+    return {"index": 0, "content": text, "tokens": [], "stop": False, "id_slot": 0,
+            "tokens_predicted": n_predicted, "tokens_evaluated": n_evaluated}
+
+
 def sse(data: dict | str) -> bytes:
-    """One Server-Sent Event."""
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    """One Server-Sent Event (compact JSON)."""
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False,
+                                                            separators=(",", ":"))
     return f"data: {payload}\n\n".encode("utf-8")
 
 

@@ -10,6 +10,7 @@ stopping) is stopped between two rounds; `Reply.finish` leaves the KV caches con
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import threading
 import time
@@ -46,6 +47,21 @@ class Finished:
     timings: dict
     logprobs: tuple | None = None  # engine.TokenLogprob per token of the output (when asked)
     tool_calls: tuple | None = None  # toolcalls.ToolCall, in order
+    # llama-server's native fields (/infill)
+    stop_type: str = "eos"  # "eos" | "word" (a stop string) | "limit" (n_predict, n_indent...)
+    stopping_word: str = ""
+    tokens: tuple[int, ...] = ()  # the output's token ids
+    truncated: bool = False  # the prompt was cut to fit
+    tokens_cached: int = 0  # tokens in the target's cache afterwards
+    prompt_text: str = ""  # the prompt as the target saw it (special tokens spelled out)
+    ignored_samplers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Choices:
+    """Several completions of one request (/infill's n_cmpl), in order."""
+
+    items: tuple  # Finished
 
 
 @dataclass(frozen=True)
@@ -100,7 +116,10 @@ class Scheduler:
                 raise queue_full(self.max_queue)
             ticket = Ticket(job, loop)
             self._waiting += 1
+            older = [t for t in self._tickets if _supersedes(job, t.job)]
             self._tickets.add(ticket)
+        for t in older:  # the editor moved on: its older completion is of no use any more
+            t.cancel(_superseded())
         self._executor.submit(self._run, ticket)
         return ticket
 
@@ -140,6 +159,18 @@ def _cancelled() -> ApiError:
     return ApiError(499, "the request was cancelled", type="cancelled", code="cancelled")
 
 
+def _superseded() -> ApiError:
+    return ApiError(499, "cancelled by a newer completion request from the same client",
+                    type="cancelled", code="cancelled")
+
+
+def _supersedes(new: Job, old: Job) -> bool:
+    """A fill-in-the-middle request cancels the same client's earlier ones (each keystroke
+    makes the last suggestion stale); a cache warm-up (n_predict 0) cancels nothing."""
+    return (new.infill is not None and old.infill is not None and not new.infill.warm_only
+            and new.client is not None and new.client == old.client)
+
+
 # --- running one job ------------------------------------------------------------------------
 class Runner:
     """Runs jobs through the conversation core; lives on the worker thread only."""
@@ -160,11 +191,32 @@ class Runner:
         job = ticket.job
         t_start = time.perf_counter()
         try:
-            tokens = self._prompt(job)
-            prediction = self._reference(job)
-            reply = self.core.reply(tokens, job.spec, job.sampling, job.drafter,
-                                    prediction=prediction, rules=self._rules(job),
-                                    logprobs=job.logprobs, grammar=self._grammar(job))
+            tokens, infill = self._prompt(job)
+            if job.infill is not None and job.infill.warm_only:
+                self._warm(ticket, tokens, infill, queue_ms=1000 * (t_start - ticket.submitted))
+                return
+            n = job.infill.n_choices if job.infill is not None else 1
+            choices = []
+            for i in range(n):
+                if i and job.sampling.greedy:  # greedy: every choice is the same text
+                    choices.append(choices[0])
+                    continue
+                if ticket.cancelled.is_set():
+                    ticket.put(Failed(ticket.cancel_error or _cancelled()))
+                    return
+                spec = dataclasses.replace(job.spec, seed=job.spec.seed + i) if i else job.spec
+                reply = self._reply(job, tokens, infill, spec)
+                if n == 1:
+                    break
+                finished = self._generate(ticket, reply, 1000 * (t_start - ticket.submitted),
+                                          infill, quiet=True)
+                if finished is None:
+                    return
+                choices.append(finished)
+            if n > 1:
+                ticket.put(Started(len(tokens)))
+                ticket.put(Choices(tuple(choices)))
+                return
         except ApiError as e:
             ticket.put(Failed(e))
             return
@@ -177,7 +229,40 @@ class Runner:
                                           "speculative")))
             return
         ticket.put(Started(len(tokens)))
-        self._generate(ticket, reply, queue_ms=1000 * (t_start - ticket.submitted))
+        self._generate(ticket, reply, 1000 * (t_start - ticket.submitted), infill)
+
+    def _reply(self, job: Job, tokens: list[int], infill, spec):
+        prediction = self._reference(job)
+        anchored = True
+        if infill is not None and infill.left_out and job.prediction is None:
+            prediction, anchored = infill.left_out, False  # code the prompt could not hold
+        return self.core.reply(tokens, spec, job.sampling, job.drafter,
+                               prediction=prediction, rules=self._rules(job),
+                               logprobs=job.logprobs, grammar=self._grammar(job),
+                               anchored=anchored)
+
+    def _warm(self, ticket: Ticket, tokens: list[int], infill, queue_ms: float) -> None:
+        """n_predict 0: evaluate the prompt into the cache (an editor's ring buffer of other
+        files' chunks), so that the next completion finds it there; generate nothing."""
+        n_eval, seconds = self.core.prefill(tokens)
+        ticket.put(Started(len(tokens)))
+        ms = 1000 * seconds
+        ticket.put(Finished(
+            "", "length", {"prompt_tokens": len(tokens), "completion_tokens": 0,
+                           "total_tokens": len(tokens),
+                           "prompt_tokens_details": {"cached_tokens": len(tokens) - n_eval}},
+            {"prompt_n": n_eval, "prompt_ms": ms,
+             "prompt_per_token_ms": ms / n_eval if n_eval else 0.0,
+             "prompt_per_second": 1000 * n_eval / ms if ms > 0 and n_eval else 0.0,
+             "predicted_n": 0, "predicted_ms": 0.0, "predicted_per_token_ms": 0.0,
+             "predicted_per_second": 0.0, "cache_n": len(tokens) - n_eval, "queue_ms": queue_ms},
+            stop_type="limit", truncated=infill.truncated,
+            tokens_cached=self.core.target.n_past, prompt_text=self._spelled(tokens)))
+        self.log(f"infill: cache warm-up, prompt {n_eval} of {len(tokens)} evaluated")
+
+    def _spelled(self, tokens) -> str:
+        target = self.core.target
+        return "".join(target.token_text(t) for t in tokens)
 
     def _rules(self, job: Job):
         """The job's logit rules; 400 for a logit_bias token this vocabulary lacks."""
@@ -229,13 +314,25 @@ class Runner:
         return Grammar.lark(grammar(list(job.tools), job.tool_choice, job.parallel_tool_calls,
                                     special=special), kind="tool_calls")
 
-    def _prompt(self, job: Job) -> list[int]:
-        """The job's prompt tokens; 400 when the template fails or the prompt cannot fit."""
+    def _prompt(self, job: Job):
+        """The job's prompt tokens, and for fill-in-the-middle the fim.Infill they came
+        from; 400 when the template fails, the model has no FIM tokens or it cannot fit."""
         from specli.conversation import raw_tokens
+        from specli.fim import FimError, infill_tokens
 
         param = "messages" if job.kind == "chat" else "prompt"
+        infill = None
         try:
-            if job.kind == "chat":
+            if job.infill is not None:
+                f = job.infill
+                param = "input_prefix" if f.native else "suffix"
+                try:
+                    infill = infill_tokens(self.core.target, f.prefix, f.suffix, f.extra, f.prompt)
+                except FimError as e:
+                    raise bad_request(str(e), param, code="fim_not_supported"
+                                      if "not supported" in str(e) else None) from None
+                tokens = infill.tokens
+            elif job.kind == "chat":
                 tools = None
                 if job.tools:
                     if self.tools_format is None:
@@ -251,13 +348,19 @@ class Runner:
                               code="context_length_exceeded") from None
         except SpecliError as e:  # a chat template that refuses this conversation
             raise bad_request(str(e), param) from None
-        return tokens
+        return tokens, infill
 
-    def _generate(self, ticket: Ticket, reply, queue_ms: float) -> None:
+    def _generate(self, ticket: Ticket, reply, queue_ms: float, infill=None,
+                  quiet: bool = False) -> Finished | None:
+        """Run the reply, streaming its deltas to the ticket (none if `quiet`); the Finished
+        (also put on the ticket unless quiet), or None when it failed or was cancelled."""
         job = ticket.job
+        f = job.infill
         run = _Stream(job.stop, calls=self._tools_on(job),
                       names=[t["function"]["name"] for t in job.tools or ()],
-                      predicted=job.prediction is not None)
+                      predicted=job.prediction is not None,
+                      n_indent=f.n_indent if f else 0,
+                      t_max_predict_ms=f.t_max_predict_ms if f else 0, quiet=quiet)
         done = None
         try:
             done, stopped = run.drive(reply, ticket)
@@ -267,27 +370,41 @@ class Runner:
                 self.log("internal error:\n" + traceback.format_exc())
             ticket.put(Failed(internal(f"generation failed: {e}" if isinstance(e, SpecliError)
                                        else "internal error (see the server's log)")))
-            return
+            return None
         if stopped is None:  # cancelled: the client is gone, or the server is stopping
-            reply.finish(done)
+            reply.finish(done)  # the cache keeps the prompt and what was generated of it
             ticket.put(Failed(ticket.cancel_error or _cancelled()))
-            return
+            return None
         finished = run.finished(done, stopped, reply, queue_ms)
-        ticket.put(finished)  # answer first; the bookkeeping below delays only the next job
+        if f is not None:
+            finished = dataclasses.replace(
+                finished, truncated=infill.truncated, tokens_cached=self.core.target.n_past,
+                prompt_text=self._spelled(infill.tokens), ignored_samplers=f.ignored_samplers)
+        if not quiet:
+            ticket.put(finished)  # answer first; the bookkeeping below delays only the next job
         reply.finish(done)
         if finished.tool_calls is None:  # a reply that called tools comes back as calls
             tokens = run.tokens_of(finished.text or "", done, stopped)
             if tokens:
                 self.memory.remember(finished.text or "", tokens)
         self.log(_log_line(ticket.job, finished))
+        return finished
 
 
 class _Stream:
     """One generation's rounds -> text deltas, with stop strings and the round tally."""
 
-    def __init__(self, stops, calls: str | None = None, names=(), predicted: bool = False) -> None:
+    def __init__(self, stops, calls: str | None = None, names=(), predicted: bool = False,
+                 n_indent: int = 0, t_max_predict_ms: int = 0, quiet: bool = False) -> None:
+        from specli.fim import EditorStops
+
         self.predicted = predicted  # the request sent a prediction (usage reports on it)
+        self.quiet = quiet  # collect only: put no deltas on the ticket
         self.stops = StopScanner(stops)
+        editor = EditorStops(n_indent, t_max_predict_ms)
+        self.editor = editor if editor.active else None  # an editor's stopping rules (fim.py)
+        self.edited_sent = 0  # characters of the editor's text passed on
+        self.t_first: float | None = None  # when the first round arrived
         self.tally = Tally()
         self.sent: list[str] = []  # the output's text as released (before tool-call parsing)
         self.n_sent = 0  # characters sent
@@ -308,20 +425,46 @@ class _Stream:
 
         for ev in reply.events:
             if isinstance(ev, Done):
-                self._send(ticket, ev.text[self.tally.n_chars:])  # the detokenizer's tail
+                tail = ev.text[self.tally.n_chars:]  # the detokenizer's tail
+                if self.editor is not None:
+                    self._edit(ticket, [tail] if tail else [], final=True)
+                else:
+                    self._send(ticket, tail)
                 if self.stops.hit:
                     return ev, "stop"
                 self._release(ticket, self.stops.flush())  # a held-back partial stop string
                 self._close_calls(ticket)  # is text after all
                 return ev, "engine"
             self.tally.add(ev)
-            self._send(ticket, ev.text)
+            if self.editor is not None:
+                self._edit(ticket, ev.pieces)
+            else:
+                self._send(ticket, ev.text)
             if self.stops.hit:
                 self._close_calls(ticket)
                 return reply.interrupt(), "stop"
+            if self.editor is not None and self.editor.hit:
+                self._release(ticket, self.stops.flush())
+                return reply.interrupt(), "limit"
             if ticket.cancelled.is_set():
                 return reply.interrupt(), None
         raise RuntimeError("the engine ended without a Done event")
+
+    def _edit(self, ticket: Ticket, pieces, final: bool = False) -> None:
+        """Tokens' texts through the editor's stops, passing on only what they can no longer
+        cut (a line is held until its indentation is judged), all of it when `final`."""
+        now = time.perf_counter()
+        if self.t_first is None:
+            self.t_first = now
+        editor = self.editor
+        for piece in pieces:
+            editor.feed(piece, 1000 * (now - self.t_first))
+            if editor.hit:
+                break
+        upto = len(editor.text) if final or editor.hit else editor.safe
+        if upto > self.edited_sent:
+            self._send(ticket, editor.text[self.edited_sent:upto])
+            self.edited_sent = upto
 
     def _send(self, ticket: Ticket, text: str) -> None:
         if self.stops.hit or not text:
@@ -333,6 +476,8 @@ class _Stream:
             self.sent.append(out)
             self.n_sent += len(out)
             lps = self._logprobs_upto(self.n_sent)
+            if self.quiet:
+                return
             if self.calls is None:
                 ticket.put(Delta(out, lps))
             else:
@@ -376,8 +521,8 @@ class _Stream:
 
         text = "".join(self.sent)
         reason = "stop" if stopped == "stop" or done.stop_reason == "eog" else "length"
-        n_out = (self.tally.tokens_covering(len(text)) if stopped == "stop"
-                 else len(done.tokens))
+        cut = stopped in ("stop", "limit")  # the text ends before the engine's output
+        n_out = self.tally.tokens_covering(len(text)) if cut else len(done.tokens)
         usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": n_out,
                  "total_tokens": reply.prompt_tokens + n_out,
                  "prompt_tokens_details": {"cached_tokens": reply.prompt_reused}}
@@ -394,8 +539,12 @@ class _Stream:
             calls = tuple(self.calls.calls) or None
             if calls and reason == "stop":
                 reason = "tool_calls"
+        stop_type = ("word" if stopped == "stop" else
+                     "eos" if stopped == "engine" and done.stop_reason == "eog" else "limit")
+        out_tokens = tuple(self.tally.tokens[:n_out]) if cut else tuple(done.tokens)
         return Finished(text, reason, usage, timings(done.stats, reply, self.tally, queue_ms),
-                        lps, calls)
+                        lps, calls, stop_type=stop_type, stopping_word=self.stops.word or "",
+                        tokens=out_tokens)
 
     def tokens_of(self, text: str, done, stopped: str) -> tuple[int, ...] | None:
         """The tokens generated as exactly `text`, when known (for the next request's prompt)."""
@@ -446,14 +595,17 @@ class StopScanner:
         self.stops = tuple(s for s in stops if s)
         self.held = ""
         self.hit = False
+        self.word: str | None = None  # the stop string found
 
     def feed(self, text: str) -> str:
         """The text that is safe to send now; sets `hit` (and drops the rest) on a match."""
         buf = self.held + text
         found = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
         if found:
+            at = min(found)
+            self.word = next(s for s in self.stops if buf.find(s) == at)
             self.hit, self.held = True, ""
-            return buf[: min(found)]
+            return buf[:at]
         keep = max((n for s in self.stops for n in range(min(len(s) - 1, len(buf)), 0, -1)
                     if buf.endswith(s[:n])), default=0)
         self.held = buf[len(buf) - keep:] if keep else ""
