@@ -16,6 +16,7 @@ from specli.cli import chat as _chat  # noqa: F401,E402  (registers chat)
 from specli.cli import explain as _explain  # noqa: F401,E402  (registers explain)
 from specli.cli import doctor as _doctor  # noqa: F401,E402  (registers doctor)
 from specli.cli import serve as _serve  # noqa: F401,E402  (registers serve)
+from specli.cli import complete as _complete  # noqa: F401,E402  (registers complete)
 from specli.errors import SpecliError
 
 __all__ = ["app", "main"]
