@@ -187,3 +187,41 @@ class EditorStops:
             if self.t_max_predict_ms > 0 and elapsed_ms > self.t_max_predict_ms:
                 self.hit = True
         return len(self.text)
+
+
+class Suggestions:
+    """Each client's last completion, to draft its next one from.
+
+    An editor asks again as the user types: when what was typed since is the start of
+    the last suggestion, the new completion is most likely the rest of it, so that rest
+    is drafted from (as a predicted output: it changes how fast, never what). Bounded:
+    the most recent `size` clients.
+    """
+
+    def __init__(self, size: int = 16) -> None:
+        from collections import OrderedDict
+
+        self.size = size
+        self._last: OrderedDict = OrderedDict()  # client -> (text before cursor, suffix, completion)
+
+    def remember(self, client, before: str, suffix, text: str) -> None:
+        if client is None or not isinstance(before, str):
+            return
+        self._last[client] = (before, suffix, text)
+        self._last.move_to_end(client)
+        while len(self._last) > self.size:
+            self._last.popitem(last=False)
+
+    def predict(self, client, before: str, suffix) -> str | None:
+        """The rest of the client's last suggestion after what was typed since, if the
+        text after the cursor is unchanged and the typing followed the suggestion."""
+        last = self._last.get(client) if isinstance(before, str) else None
+        if last is None:
+            return None
+        old_before, old_suffix, text = last
+        if suffix != old_suffix or not before.startswith(old_before):
+            return None
+        typed = before[len(old_before):]
+        if not text.startswith(typed):
+            return None
+        return text[len(typed):] or None

@@ -137,3 +137,20 @@ def test_t_max_predict_ms_stops_at_a_newline_after_the_limit():
     assert not s.hit  # no newline in it
     s.feed("c\nd", 160)
     assert s.hit and s.text == "a\nbc\nd"
+
+
+def test_suggestions_predict_the_rest_of_what_the_user_is_typing():
+    from specli.fim import Suggestions
+
+    s = Suggestions(size=2)
+    s.remember("vim", "def f(x):\n    ret", "\n", "urn x + 1")
+    assert s.predict("vim", "def f(x):\n    retur", "\n") == "n x + 1"
+    assert s.predict("vim", "def f(x):\n    ret", "\n") == "urn x + 1"
+    assert s.predict("vim", "def f(x):\n    reta", "\n") is None  # typed something else
+    assert s.predict("vim", "def f(x):\n    retur", "\nmore") is None  # the suffix changed
+    assert s.predict("code", "def f(x):\n    retur", "\n") is None  # another client
+    assert s.predict("vim", "def f(x):\n    return x + 1", "\n") is None  # all typed
+    s.remember("a", "x", "", "y")
+    s.remember("b", "x", "", "y")
+    assert s.predict("vim", "def f(x):\n    retur", "\n") is None  # the oldest is dropped
+    s.remember("c", ("tokens",), "", "y")  # a prefix given as tokens is not remembered

@@ -65,6 +65,17 @@ def test_typing_in_a_function_body_completes_it(server):
         assert got["timings"]["prompt_n"] < got["tokens_evaluated"] / 2, got["timings"]
 
 
+def test_typing_what_was_suggested_is_drafted_from_the_suggestion(server):
+    first = infill(server, body("    result = [x for x in", input_suffix="\n", n_indent=0,
+                                n_predict=24))
+    typed = first["content"][:6]
+    second = infill(server, body("    result = [x for x in" + typed, input_suffix="\n",
+                                 n_indent=0, n_predict=18, speculative={"k": 4, "drafter": "ngram"}))
+    t = second["timings"]
+    assert second["content"] == first["content"][6:][: len(second["content"])], (first, second)
+    assert t["prediction_draft_n_accepted"] >= 8, t
+
+
 def test_llama_vim_shape_and_greedy_equality_with_the_target_alone(server):
     vim = {k: v for k, v in body(LINE[:12]).items() if k != "n_cmpl"}
     vim.update({"input_extra": [{"text": UTILS, "time": [1723, 456789], "filename": "utils.py"}],

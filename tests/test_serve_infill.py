@@ -227,6 +227,23 @@ def test_a_newer_request_from_the_same_client_cancels_the_older(server):
     assert second["timings"]["prompt_n"] < second["tokens_evaluated"] - 80
 
 
+def test_typing_the_last_suggestion_drafts_the_rest_of_it(server):
+    """The user types the first characters the last answer suggested: the next answer
+    is drafted from the rest of that suggestion, and is still the target's own text.
+    (Random weights do not go on with the rest of their own suggestion the way a code
+    model does, so how much is accepted is checked on the real pair.)"""
+    first = json.loads(infill(server, {**VSCODE, **GREEDY, "n_predict": 30,
+                                       "logit_bias": no_end(), "prompt": "def f7(x):"}))
+    typed = first["content"][:4]
+    body = {**VSCODE, **GREEDY, "n_predict": 26, "logit_bias": no_end(),
+            "prompt": "def f7(x):" + typed, "speculative": {"k": 4, "drafter": "ngram"}}
+    second = json.loads(infill(server, body))
+    t = second["timings"]
+    assert t["prediction_draft_n"] >= 4, t
+    alone = json.loads(infill(server, {**body, "speculative": {"k": 0}}))
+    assert second["content"] == alone["content"]
+
+
 def test_a_warm_up_does_not_cancel_a_completion(server):
     done: dict = {}
 

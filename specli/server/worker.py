@@ -159,6 +159,13 @@ def _cancelled() -> ApiError:
     return ApiError(499, "the request was cancelled", type="cancelled", code="cancelled")
 
 
+def _before_cursor(f) -> tuple:
+    """(the text before the cursor, the text after it) of a fill-in-the-middle job; the
+    first is None when given as tokens (then no suggestion is looked up)."""
+    before = f.prefix + f.prompt if isinstance(f.prefix, str) else None
+    return before, f.suffix
+
+
 def _superseded() -> ApiError:
     return ApiError(499, "cancelled by a newer completion request from the same client",
                     type="cancelled", code="cancelled")
@@ -181,6 +188,9 @@ class Runner:
         self.core = Conversation(gen, state_bytes)
         self.core.warm_up()  # before /health says ready
         self.memory = ReplyMemory()  # replies' tokens, for clients re-sending the history
+        from specli.fim import Suggestions
+
+        self.suggestions = Suggestions()  # each editor's last completion (drafted from)
         self.log = log
         from specli.toolcalls import tools_format
 
@@ -234,8 +244,13 @@ class Runner:
     def _reply(self, job: Job, tokens: list[int], infill, spec):
         prediction = self._reference(job)
         anchored = True
-        if infill is not None and infill.left_out and job.prediction is None:
-            prediction, anchored = infill.left_out, False  # code the prompt could not hold
+        if infill is not None and job.prediction is None:
+            # The rest of this editor's last suggestion, if the user typed its start: what
+            # comes next (anchored at the prompt's end); then the code the prompt left out.
+            rest = self.suggestions.predict(job.client, *_before_cursor(job.infill))
+            ahead = self.core.prediction_tokens(rest) if rest else []
+            if ahead or infill.left_out:
+                prediction, anchored = ahead + infill.left_out, bool(ahead)
         return self.core.reply(tokens, spec, job.sampling, job.drafter,
                                prediction=prediction, rules=self._rules(job),
                                logprobs=job.logprobs, grammar=self._grammar(job),
@@ -373,10 +388,13 @@ class Runner:
             return None
         if stopped is None:  # cancelled: the client is gone, or the server is stopping
             reply.finish(done)  # the cache keeps the prompt and what was generated of it
+            if f is not None:  # a suggestion cut short by the next keystroke still helps
+                self.suggestions.remember(job.client, *_before_cursor(f), "".join(run.sent))
             ticket.put(Failed(ticket.cancel_error or _cancelled()))
             return None
         finished = run.finished(done, stopped, reply, queue_ms)
         if f is not None:
+            self.suggestions.remember(job.client, *_before_cursor(f), finished.text or "")
             finished = dataclasses.replace(
                 finished, truncated=infill.truncated, tokens_cached=self.core.target.n_past,
                 prompt_text=self._spelled(infill.tokens), ignored_samplers=f.ignored_samplers)
