@@ -20,12 +20,15 @@ class SamplingConfig:
     Order: temperature, then top-k, top-p, min-p (as in Hugging Face transformers).
     temperature == 0 means exact greedy: argmax, ties to the lowest token id.
     top_k == 0, top_p == 1.0 and min_p == 0.0 each disable that filter.
+    `infill`: llama.cpp's infill sampler after them (what editor plugins ask llama-server
+    for), given the target's vocabulary as a core.sampling.InfillVocab; None: off.
     """
 
     temperature: float = 0.8
     top_k: int = 40
     top_p: float = 0.95
     min_p: float = 0.05
+    infill: object | None = None
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0.0:

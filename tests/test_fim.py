@@ -154,3 +154,56 @@ def test_suggestions_predict_the_rest_of_what_the_user_is_typing():
     s.remember("b", "x", "", "y")
     assert s.predict("vim", "def f(x):\n    retur", "\n") is None  # the oldest is dropped
     s.remember("c", ("tokens",), "", "y")  # a prefix given as tokens is not remembered
+
+
+def llama_cpp_infill(model, ids, logits) -> list[int]:
+    """The ids llama.cpp's own infill sampler keeps of these candidates (its C code)."""
+    import ctypes
+
+    import llama_cpp as lc
+
+    n = len(ids)
+    data = (lc.llama_token_data * n)(*[lc.llama_token_data(int(t), float(z), 0.0)
+                                       for t, z in zip(ids, logits)])
+    arr = lc.llama_token_data_array(data=data, size=n, selected=-1, sorted=False)
+    smpl = lc.llama_sampler_init_infill(model._vocab)
+    try:
+        lc.llama_sampler_apply(smpl, ctypes.byref(arr))
+    finally:
+        lc.llama_sampler_free(smpl)
+    return sorted(int(data[i].id) for i in range(arr.size))
+
+
+def test_the_infill_sampler_keeps_what_llama_cpps_keeps(fim_model):
+    """Against llama.cpp's C implementation on 400 candidate sets drawn from the tiny
+    vocabulary (byte tokens and the merges they begin, end-of-generation ids, flat and
+    peaked rows): the same survivors, sampled by their own renormalised probabilities
+    (llama.cpp's final dist re-reads the logits)."""
+    import numpy as np
+
+    from specli.core.sampling import InfillVocab, infill_filter
+
+    m = fim_model
+    vocab = InfillVocab(m)
+    rng = np.random.default_rng(5)
+    eogs = m.eog_tokens()
+    branches = set()
+    for trial in range(400):
+        n = int(rng.integers(2, 40))
+        pool = rng.choice(m.n_vocab, size=n, replace=False)
+        if trial % 3 == 0:
+            pool[0] = eogs[trial % len(eogs)]
+        pool = np.unique(pool)
+        scale = [0.3, 1.0, 3.0, 8.0][trial % 4]
+        z = rng.standard_normal(len(pool)) * scale
+        probs = np.exp(z - z.max())
+        probs /= probs.sum()
+        got = infill_filter(pool.astype(np.int64), probs, vocab)
+        want = llama_cpp_infill(m, pool, z)
+        assert got.ids.tolist() == want, (trial, got.ids.tolist(), want)
+        if len(want) > 1 or want[0] in pool:
+            sub = probs[np.isin(pool, want)]
+            np.testing.assert_allclose(got.probs, sub / sub.sum(), rtol=1e-9)
+        branches.add("end" if all(vocab.is_eog(t) for t in want) else
+                      "one" if len(want) == 1 else "several")
+    assert branches == {"end", "one", "several"}

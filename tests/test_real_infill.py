@@ -26,13 +26,18 @@ LINE = "    return sum((x - m) ** 2 for x in xs) / len(xs)"
 SUFFIX = "\n\n\ndef stdev(xs):\n    return math.sqrt(variance(xs))\n"
 
 
-def body(prompt: str, **kw) -> dict:
-    """llama.vscode's body (src/llama-server.ts), greedy so that texts compare."""
-    return {"id_slot": 0, "input_prefix": PREFIX, "input_suffix": SUFFIX,
-            "input_extra": [{"text": UTILS, "time": 1723456789012, "filename": "utils.py"}],
-            "prompt": prompt, "n_predict": 48, "n_cmpl": 1, "top_k": 40, "top_p": 0.99,
-            "stream": False, "samplers": ["top_k", "top_p", "infill"], "cache_prompt": True,
-            "n_indent": 4, "t_max_prompt_ms": 500, "temperature": 0, **kw}
+def body(prompt: str, greedy: bool = True, **kw) -> dict:
+    """llama.vscode's body (src/llama-server.ts); greedy (its samplers with "temperature"
+    and temperature 0: as llama-server reads them) so that texts compare."""
+    b = {"id_slot": 0, "input_prefix": PREFIX, "input_suffix": SUFFIX,
+         "input_extra": [{"text": UTILS, "time": 1723456789012, "filename": "utils.py"}],
+         "prompt": prompt, "n_predict": 48, "n_cmpl": 1, "top_k": 40, "top_p": 0.99,
+         "stream": False, "samplers": ["top_k", "top_p", "infill"], "cache_prompt": True,
+         "n_indent": 4, "t_max_prompt_ms": 500, "t_max_predict_ms": 500}
+    if greedy:
+        b.update({"samplers": ["top_k", "top_p", "infill", "temperature"], "temperature": 0,
+                  "t_max_predict_ms": 0})
+    return {**b, **kw}
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +68,15 @@ def test_typing_in_a_function_body_completes_it(server):
         assert "def stdev" not in got["content"]  # it stopped where the suffix goes on
     for got in out[1:]:
         assert got["timings"]["prompt_n"] < got["tokens_evaluated"] / 2, got["timings"]
+
+
+def test_llama_vscode_default_sampling_completes_sensibly(server):
+    """Exactly what the plugin sends (T = 1 through top_k 40, top_p 0.99 and llama.cpp's
+    infill sampler, as llama-server reads it): a sensible line, several seeds."""
+    for seed in range(3):
+        got = infill(server, body(LINE[:14], greedy=False, seed=seed))
+        assert "m" in got["content"] and "len(xs)" in LINE[:14] + got["content"], got["content"]
+        assert got["generation_settings"]["infill_sampler"] is True
 
 
 def test_typing_what_was_suggested_is_drafted_from_the_suggestion(server):

@@ -43,7 +43,7 @@ VIM_WARMUP = {"id_slot": 0, "input_prefix": "", "input_suffix": "", "input_extra
               "prompt": "", "n_predict": 0, "temperature": 0.0, "samplers": [], "stream": False,
               "cache_prompt": True, "t_max_prompt_ms": 1, "t_max_predict_ms": 1,
               "response_fields": [""], "model": ""}
-GREEDY = {"temperature": 0, "n_predict": 24}
+GREEDY = {"temperature": 0, "n_predict": 24, "samplers": ["temperature"]}  # as llama-server reads it
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,9 @@ def test_llama_vscode_request_gets_llama_servers_answer(server):
     assert body["stop_type"] in ("eos", "limit", "word")
     assert body["tokens_predicted"] <= 24 and body["tokens_evaluated"] > 50
     assert body["generation_settings"]["n_ctx"] == 2048
-    assert body["generation_settings"]["samplers_not_applied"] == ["infill"]
-    assert body["generation_settings"]["min_p"] == 0.0  # not listed in samplers: off
+    settings = body["generation_settings"]
+    assert settings["infill_sampler"] is True and settings["samplers_not_applied"] == []
+    assert settings["min_p"] == 0.0 and settings["temperature"] == 1.0  # not listed: off
     for key in ("prompt_n", "prompt_ms", "prompt_per_second", "predicted_n", "predicted_ms",
                 "predicted_per_second"):
         assert key in body["timings"]
@@ -123,24 +124,33 @@ def test_greedy_infill_equals_the_target_alone(server, spec):
     assert len(base["tokens"]) > 5
 
 
-@pytest.mark.parametrize("drafter", ["model", "ngram"])
-def test_sampled_infill_follows_the_target_distribution(server, tiny_target_fim, drafter):
+@pytest.mark.parametrize("drafter, samplers", [("model", ["top_k"]), ("ngram", ["top_k"]),
+                                               ("model", ["top_k", "infill"])])
+def test_sampled_infill_follows_the_target_distribution(server, tiny_target_fim, drafter,
+                                                        samplers):
     """At T = 1, K = 3, the first two tokens of 600 seeded /infill answers follow the
-    target's exact joint on the FIM prompt (chi-square; fixed seeds: it cannot flake)."""
+    target's exact joint on the FIM prompt (chi-square; fixed seeds: it cannot flake),
+    with llama.cpp's infill sampler too (as the plugins ask for it)."""
     from specli.config import SamplingConfig
-    from specli.fim import Chunk, infill_tokens
+    from specli.core.sampling import InfillVocab
+    from specli.fim import infill_tokens
     from specli.llama.backend import LlamaModel
 
     body = {**VSCODE, "input_extra": [], "prompt": "", "input_prefix": "a = 1\nb = a\nc = a",
-            "input_suffix": "\nd = a\nb = a\n", "samplers": ["top_k"], "top_k": 6,
-            "temperature": 1.0, "n_predict": 2, "return_tokens": True,
+            "input_suffix": "\nd = a\nb = a\n", "samplers": samplers, "top_k": 6,
+            "n_predict": 2, "return_tokens": True,
             "speculative": {"k": 3, "drafter": drafter}}
     target = LlamaModel(tiny_target_fim, n_ctx=512, n_threads=1)
     try:
         prompt = infill_tokens(target, body["input_prefix"], body["input_suffix"],
                                n_ctx=2048).tokens  # the server's --ctx
-        cfg = SamplingConfig(temperature=1.0, top_k=6, top_p=1.0, min_p=0.0)
+        cfg = SamplingConfig(temperature=1.0, top_k=6, top_p=1.0, min_p=0.0,
+                             infill=InfillVocab(target) if "infill" in samplers else None)
         joint = exact_two_token_distribution(target, prompt, cfg)
+        if "infill" in samplers:
+            plain = exact_two_token_distribution(target, prompt, SamplingConfig(
+                temperature=1.0, top_k=6, top_p=1.0, min_p=0.0))
+            assert len(joint) < len(plain)  # the sampler changes the distribution
     finally:
         target.close()
     n = 600
@@ -180,6 +190,7 @@ def test_malformed_input_extra_is_400(server, extra):
 
 
 @pytest.mark.parametrize("field, value", [("samplers", ["top_k", "mirostat9"]), ("n_probs", 3),
+                                          ("samplers", ["top_p", "infill"]),
                                           ("lora", [{"id": 0, "scale": 1}]), ("n_predict", -5),
                                           ("n_indent", -1), ("input_prefix", [1.5])])
 def test_fields_specli_cannot_honour_are_refused_by_name(server, field, value):
@@ -212,7 +223,7 @@ def test_a_newer_request_from_the_same_client_cancels_the_older(server):
     import http.client
 
     conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
-    conn.request("POST", "/infill", json.dumps({**VSCODE, "n_predict": 1800, "stream": True,
+    conn.request("POST", "/infill", json.dumps({**VSCODE, **GREEDY, "n_predict": 1800, "stream": True,
                                                 "logit_bias": no_end(), "speculative": {"k": 0}}),
                  {"Content-Type": "application/json"})
     resp = conn.getresponse()
@@ -248,7 +259,7 @@ def test_a_warm_up_does_not_cancel_a_completion(server):
     done: dict = {}
 
     def completion():
-        done["body"] = json.loads(infill(server, {**VSCODE, "n_predict": 1500, "temperature": 0,
+        done["body"] = json.loads(infill(server, {**VSCODE, **GREEDY, "n_predict": 1500,
                                                   "logit_bias": no_end(),
                                                   "speculative": {"k": 0}}))
 

@@ -89,7 +89,77 @@ def warp(logits: np.ndarray, cfg: SamplingConfig) -> Dist:
         keep &= probs >= cfg.min_p * probs.max()
     keep &= probs > 0.0  # masked ids (a grammar's -inf) are outside the support
     ids, probs = ids[keep], probs[keep]
+    if cfg.infill is not None:
+        return infill_filter(ids.astype(np.int64), probs / probs.sum(), cfg.infill)
     return Dist(ids.astype(np.int64), probs / probs.sum())
+
+
+class InfillVocab:
+    """What llama.cpp's infill sampler reads of a vocabulary: which ids end a generation,
+    each id's bytes, and its end-of-turn id. Wraps a model (duck-typed: eog_tokens(),
+    token_bytes(), eot); shared, never copied, by the configs that hold it."""
+
+    def __init__(self, model) -> None:
+        self._model = model
+        self._eog = frozenset(model.eog_tokens())
+        self.eot = model.eot
+
+    def is_eog(self, token: int) -> bool:
+        return token in self._eog
+
+    def piece(self, token: int) -> bytes:
+        return self._model.token_bytes(token)
+
+    def __deepcopy__(self, memo):  # dataclasses.asdict of a config: the same vocabulary
+        return self
+
+    def __repr__(self) -> str:
+        return "InfillVocab()"
+
+
+def infill_filter(ids: np.ndarray, probs: np.ndarray, vocab) -> Dist:
+    """llama.cpp's infill sampler (llama_sampler_infill_apply), step by step, as a filter:
+    it decides which candidates survive, and llama.cpp's final `dist` samples them by
+    their own probabilities again, so here too the survivors keep theirs (renormalised).
+
+    On candidates by descending probability: if 3 * p(end) * n > p(text), only the
+    end-of-generation ids are kept. Otherwise a token whose bytes begin another's is
+    merged with it (the likelier absorbs the other's probability and the other is
+    dropped); then text tokens under 0.2 are dropped (none left: the end-of-turn token
+    alone), and after renormalising, text tokens under 1 / (texts left + 1).
+    Float32 as there, so that the thresholds fall where llama.cpp's do.
+    """
+    order = np.argsort(-probs, kind="stable")
+    ids, probs = ids[order], probs[order]
+    p = probs.astype(np.float32)
+    n = len(ids)
+    eog = np.array([vocab.is_eog(int(t)) for t in ids], dtype=bool)
+    if 3 * float(p[eog].sum()) * n > float(p[~eog].sum()):
+        kept = eog
+    else:
+        pieces = [vocab.piece(int(t)) for t in ids]
+        dead = np.zeros(n, dtype=bool)
+        for i0 in range(n):
+            for i1 in range(n):
+                if dead[i0]:
+                    break
+                if i0 == i1 or dead[i1]:
+                    continue
+                a, b = pieces[i0], pieces[i1]
+                if a and len(a) <= len(b) and b.startswith(a):
+                    dst, src = (i1, i0) if p[i1] > p[i0] else (i0, i1)
+                    p[dst] += p[src]
+                    p[src] = 0.0
+                    dead[src] = True
+        kept = ~dead & ((p >= np.float32(0.2)) | eog)
+        n_text = int(np.count_nonzero(kept & ~eog))
+        if n_text == 0:
+            return Dist.point(int(vocab.eot))
+        p = p / p[kept].sum()
+        kept &= (p >= np.float32(1.0 / (n_text + 1))) | eog
+    by_id = np.argsort(ids[kept])
+    w = probs[kept][by_id]
+    return Dist(ids[kept][by_id], w / w.sum())
 
 
 def _top_k_ids(logits: np.ndarray, k: int) -> np.ndarray:

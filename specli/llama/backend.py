@@ -615,6 +615,12 @@ class LlamaModel:
         return self._lc.llama_vocab_bos(self._vocab)
 
     @property
+    def eot(self) -> int:
+        """The end-of-turn id (llama.cpp's token_eot), or end-of-sequence where none."""
+        t = self._lc.llama_vocab_eot(self._vocab)
+        return t if t >= 0 else self.eos
+
+    @property
     def eos(self) -> int:
         return self._lc.llama_vocab_eos(self._vocab)
 

@@ -190,9 +190,11 @@ UNSUPPORTED_WHY = {
     "lora": "adapters are not loaded",
 }
 MAX_COMPLETIONS = 4  # /infill's n_cmpl: alternatives, generated one after another
-# llama-server's samplers that specli has (the others are named in generation_settings as
-# not applied); temperature always applies (0: greedy), the filters only when listed.
-SAMPLER_FILTERS = {"top_k": ("top_k", 0), "top_p": ("top_p", 1.0), "min_p": ("min_p", 0.0)}
+# llama-server's samplers that specli has, and the value that turns each off when a
+# `samplers` list leaves it out (the others are named in generation_settings as not applied).
+SAMPLER_FILTERS = {"top_k": ("top_k", 0), "top_p": ("top_p", 1.0), "min_p": ("min_p", 0.0),
+                   "temperature": ("temperature", 1.0)}
+MAX_INFILL_CANDIDATES = 512  # the infill sampler compares candidates pairwise: needs top_k
 LLAMA_SAMPLERS = {"penalties", "dry", "top_n_sigma", "top_k", "typ_p", "typical_p", "top_p",
                   "min_p", "xtc", "temperature", "infill"}
 
@@ -222,6 +224,7 @@ class InfillSpec:
     return_tokens: bool = False
     n_choices: int = 1
     ignored_samplers: tuple[str, ...] = ()
+    infill_sampler: bool = False  # llama.cpp's infill sampler, after the other filters
 
 
 @dataclass(frozen=True)
@@ -375,20 +378,25 @@ def parse_infill(data: dict, defaults: Defaults) -> Job:
     body, ignored = _samplers(body)
     job = _job(body, defaults, "infill", messages=(), prompt="",
                max_tokens=("n_predict", max_tokens))
+    infill_sampler = "infill" in (body.samplers or ()) and not job.sampling.greedy
+    if infill_sampler and not 0 < job.sampling.top_k <= MAX_INFILL_CANDIDATES:
+        raise bad_request(f"samplers: 'infill' needs 'top_k' before it, with top_k from 1 to "
+                          f"{MAX_INFILL_CANDIDATES}", "samplers")
     as_tuple = (lambda v: v if isinstance(v, str) else tuple(v))
     spec = InfillSpec(as_tuple(body.input_prefix), as_tuple(body.input_suffix), tuple(extra),
                       body.prompt, body.n_indent, body.t_max_predict_ms, warm,
                       response_fields=(tuple(body.response_fields)
                                        if body.response_fields is not None else None),
                       return_tokens=body.return_tokens, n_choices=n_choices,
-                      ignored_samplers=ignored)
+                      ignored_samplers=ignored, infill_sampler=infill_sampler)
     return dataclasses.replace(job, infill=spec)
 
 
 def _samplers(body: InfillBody) -> tuple[InfillBody, tuple[str, ...]]:
-    """llama-server's `samplers` list: a filter specli has (top_k, top_p, min_p) applies
-    only when listed, as there; temperature always applies (0 is greedy); the rest
-    (llama.cpp's own `infill`, dry, xtc...) are not applied, and said so in the answer."""
+    """llama-server's `samplers` list, read as llama-server reads it: top_k, top_p, min_p
+    and temperature apply only when listed (no temperature: 1, as there), `infill` is
+    llama.cpp's infill sampler (applied after the filters; see core.sampling); the rest
+    (dry, xtc, penalties...) are not applied, and named so in the answer."""
     names = body.samplers
     if names is None:
         return body, ()
@@ -402,7 +410,7 @@ def _samplers(body: InfillBody) -> tuple[InfillBody, tuple[str, ...]]:
     if not names:  # llama.vim's cache warm-up sends []: nothing is generated then
         return body, ()
     off = {field: value for name, (field, value) in SAMPLER_FILTERS.items() if name not in names}
-    ignored = tuple(n for n in names if n not in SAMPLER_FILTERS and n != "temperature")
+    ignored = tuple(n for n in names if n not in SAMPLER_FILTERS and n != "infill")
     return body.model_copy(update=off), ignored
 
 

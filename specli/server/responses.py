@@ -158,6 +158,7 @@ def infill_body(finished, job, model: str, n_ctx: int, index: int = 0) -> dict:
                 "t_max_predict_ms": f.t_max_predict_ms,
                 "speculative": {"k": job.spec.k, "drafter": job.drafter,
                                 "strict": job.spec.strict},
+                "infill_sampler": f.infill_sampler,
                 "samplers_not_applied": list(finished.ignored_samplers)}
     body = {"index": index, "content": finished.text or "",
             "tokens": list(finished.tokens) if f.return_tokens else [],

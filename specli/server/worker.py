@@ -191,6 +191,7 @@ class Runner:
         from specli.fim import Suggestions
 
         self.suggestions = Suggestions()  # each editor's last completion (drafted from)
+        self._infill_vocab = None  # core.sampling.InfillVocab, for the infill sampler
         self.log = log
         from specli.toolcalls import tools_format
 
@@ -241,6 +242,17 @@ class Runner:
         ticket.put(Started(len(tokens)))
         self._generate(ticket, reply, 1000 * (t_start - ticket.submitted), infill)
 
+    def _sampling(self, job: Job):
+        """The job's sampling, with llama.cpp's infill sampler over the target's vocabulary
+        when the request lists it (made on first use, then kept)."""
+        if job.infill is None or not job.infill.infill_sampler:
+            return job.sampling
+        if self._infill_vocab is None:
+            from specli.core.sampling import InfillVocab
+
+            self._infill_vocab = InfillVocab(self.core.target)
+        return dataclasses.replace(job.sampling, infill=self._infill_vocab)
+
     def _reply(self, job: Job, tokens: list[int], infill, spec):
         prediction = self._reference(job)
         anchored = True
@@ -251,7 +263,7 @@ class Runner:
             ahead = self.core.prediction_tokens(rest) if rest else []
             if ahead or infill.left_out:
                 prediction, anchored = ahead + infill.left_out, bool(ahead)
-        return self.core.reply(tokens, spec, job.sampling, job.drafter,
+        return self.core.reply(tokens, spec, self._sampling(job), job.drafter,
                                prediction=prediction, rules=self._rules(job),
                                logprobs=job.logprobs, grammar=self._grammar(job),
                                anchored=anchored)
