@@ -177,6 +177,19 @@ class KPolicy:
             return self.probe_size(draft_cost)
         return 0 if k > 0 and _baseline_due(self) else k
 
+    def repays_catchup(self, k: int, n_catchup: int, left: int) -> bool:
+        """Whether drafting K with the model can repay first feeding it `n_catchup` tokens
+        (a prompt it has not decoded: the hybrid drafter decodes it on first use) within
+        the `left` tokens still to generate, each coming at rate(k) instead of one per
+        t_v(1). Short replies to long prompts (an editor's completion: a 2,000-token FIM
+        prompt, 20 tokens out) do not: there the draft's prefill would cost more than it
+        saves. Unpriced (no catch-up cost known yet): yes."""
+        t_c = self.t_catchup
+        if k <= 0 or n_catchup <= 2 or t_c is None:
+            return True
+        saved = left * (self.verify(1) - 1.0 / self.rate(k))
+        return saved > n_catchup * t_c
+
     def probe_size(self, draft_cost: float | None = None) -> int:
         """K of a probe round: fixed, or the best K at alpha = 1 (capped)."""
         if self.probe_k is not None or self.k_max == 0:

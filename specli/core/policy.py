@@ -35,8 +35,8 @@ class Policy(Protocol):
 
     keep_drafting: StopRule | None  # None: draft all K tokens
 
-    def plan(self, source: str, match_len: int = 0,
-             fallback: str | None = None) -> tuple[str, int]: ...
+    def plan(self, source: str, match_len: int = 0, fallback: str | None = None,
+             catchup: int = 0, left: int | None = None) -> tuple[str, int]: ...
 
     def observe_round(self, **measured) -> None: ...
 
@@ -62,7 +62,8 @@ class FixedK:
     def __init__(self, k: int) -> None:
         self.k = k
 
-    def plan(self, source: str, match_len: int = 0, fallback: str | None = None) -> tuple[str, int]:
+    def plan(self, source: str, match_len: int = 0, fallback: str | None = None,
+             catchup: int = 0, left: int | None = None) -> tuple[str, int]:
         return source, self.k
 
     def observe_round(self, **_) -> None:
@@ -148,26 +149,36 @@ class AutoK:
         """Strict mode: price each round as the sequence of verify calls it makes."""
         self.verify.set_chunk(chunk)
 
-    def plan(self, source: str, match_len: int = 0, fallback: str | None = None) -> tuple[str, int]:
+    def plan(self, source: str, match_len: int = 0, fallback: str | None = None,
+             catchup: int = 0, left: int | None = None) -> tuple[str, int]:
         """(source, K) for the next round.
 
         source: what the drafter offers ("model" or "ngram"); match_len: the n-gram
         match behind an "ngram" offer; fallback: another source the drafter can use
-        instead ("model" for the hybrid drafter).
+        instead ("model" for the hybrid drafter); catchup: tokens the draft model must
+        decode before it can draft (0: none), left: tokens still to generate (None: no
+        limit): the model is not used where catching it up cannot pay in what is left.
         """
         self._p_all = 1.0
         self._match_len = match_len
+
+        def model_k() -> int:
+            k = self.model.choose_k()
+            if left is not None and not self.model.repays_catchup(k, catchup, left):
+                return 0
+            return k
+
         if source == "ngram":
             k, rate = self.ngram.best(match_len)
             if fallback == "model":
-                k_model = self.model.choose_k()
+                k_model = model_k()
                 if k_model > 0 and self.model.rate(k_model) > rate:
                     self._source = "model"
                     return "model", k_model
             self._source = "ngram"
             return "ngram", self.ngram.gate(k)
         self._source = "model"
-        return "model", self.model.choose_k()
+        return "model", model_k()
 
     def seed(self, t_verify: Mapping[int, float], t_draft: float | None = None,
              t_catchup: float | None = None) -> None:
