@@ -16,7 +16,7 @@ from specli.config import PROMPT_CACHE_MB
 
 SERVE_HELP = """Serve the pair over an OpenAI-compatible HTTP API, speculative decoding every reply.
 
-Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health (503 while the models load). Replies are streamed as Server-Sent Events when asked. Sampling options below are the defaults for what a request leaves out; a request may override K, the drafter and strict mode with "speculative": {"k": 4, "drafter": "ngram", "strict": true}. One generation runs at a time; others wait in a queue. Consecutive requests that share a prefix (a client re-sending a growing conversation) decode only the new tokens. Each response carries a "timings" object (llama-server's names, plus rounds, acceptance and K per round). Web pages may call it only from this machine (or an --allow-origin); see README, Browsers.
+Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health (503 while the models load), and llama-server's POST /infill for editor plugins (llama.vscode, llama.vim: fill in the middle, with other files as context). Replies are streamed as Server-Sent Events when asked. Sampling options below are the defaults for what a request leaves out; a request may override K, the drafter and strict mode with "speculative": {"k": 4, "drafter": "ngram", "strict": true}. One generation runs at a time; others wait in a queue. Consecutive requests that share a prefix (a client re-sending a growing conversation) decode only the new tokens. Each response carries a "timings" object (llama-server's names, plus rounds, acceptance and K per round). Web pages may call it only from this machine (or an --allow-origin); see README, Browsers.
 
 Examples:
 
@@ -27,6 +27,8 @@ Examples:
   SPECLI_API_KEY=secret specli serve --host 0.0.0.0
 
   specli serve --allow-origin https://app.example   # a web app may call it (CORS)
+
+  specli serve --port 8012        # llama.vscode's and llama.vim's default endpoint (/infill)
 
   curl http://127.0.0.1:8080/v1/chat/completions \\
     -d '{"messages": [{"role": "user", "content": "Hi"}]}'
@@ -44,7 +46,7 @@ def serve_cmd(
         "--port", help="Port to listen on (0: any free port).", rich_help_panel="Server")] = 8080,
     api_key: Annotated[Optional[str], typer.Option(
         "--api-key", envvar="SPECLI_API_KEY", show_envvar=True,
-        help="Require 'Authorization: Bearer KEY' on every /v1 request.",
+        help="Require 'Authorization: Bearer KEY' on every /v1 and /infill request.",
         rich_help_panel="Server")] = None,
     max_queue: Annotated[int, typer.Option(
         "--max-queue", help="Requests that may wait behind the running one; more get 503 with Retry-After.",
