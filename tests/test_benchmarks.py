@@ -206,7 +206,8 @@ def test_profile_timers_charge_exclusive_time(prof):
 
 
 @pytest.mark.parametrize("script", ["vs_llama_cpp.py", "profile_loop.py", "ngram_headroom.py",
-                                    "serve_turns.py", "agent_tools.py", "constraint_overhead.py"])
+                                    "serve_turns.py", "agent_tools.py", "constraint_overhead.py",
+                                    "infill.py"])
 def test_help(script):
     out = subprocess.run([sys.executable, str(BENCH_DIR / script), "--help"],
                          capture_output=True, text=True, timeout=60)
@@ -356,3 +357,24 @@ def test_agent_tools_validity_reads_schemas_and_calls():
     assert [t for t, _ in turns] == ["rename/read", "rename/write", "docstring/read",
                                      "docstring/write"]
     assert turns[1][1][-1] == {"role": "tool", "tool_call_id": "call_read0", "content": at.DB_PY}
+
+
+def test_infill_cuts_a_case_as_llama_vscode_does():
+    """A cursor stands on a statement >= 3 lines into a function, not its last line, long
+    enough; the case is llama.vscode's prefix / prompt / suffix with the line's rest held out."""
+    inf = _load("infill")
+    src = ("import os\n\n\ndef f(x):\n    \"\"\"A docstring long enough to be a line.\"\"\"\n"
+           "    a = 1\n    b = 2\n    total_value = compute(x, a, b)\n"
+           "    # a comment long enough to be a line\n    other_value = compute(a, b, x) + 1\n"
+           "    return total_value + other_value\n")
+    lines = src.split("\n")
+    assert inf.body_lines(src) == [7, 9]
+    case = inf.cut(lines, 7, 8)
+    assert case["input_prefix"] == "\n".join(lines[:7]) + "\n"
+    assert case["input_suffix"] == "\n" + "\n".join(lines[8:]) + "\n"
+    assert case["n_indent"] == 4 and case["line_no"] == 8
+    assert inf.typed(case, 0, 3) == ("    tota", "l_value = compute(x, a, b)")
+    assert inf.typed(case, 2, 3) == ("    total_valu", "e = compute(x, a, b)")
+    chunks = inf.extra_chunks("p/m.py", "\n".join(str(i) for i in range(300)))
+    assert [c["text"].count("\n") for c in chunks] == [64] * 4 and chunks[0]["filename"] == "p/m.py"
+    assert chunks[1]["text"].startswith("64\n")
