@@ -240,6 +240,8 @@ def stream(client: Client, body: dict) -> dict:
             "prompt_n": t.get("prompt_n"), "cache_n": t.get("cache_n"),
             "predicted_n": t.get("predicted_n"), "tok_s": t.get("predicted_per_second"),
             "draft_n": t.get("draft_n"), "draft_n_accepted": t.get("draft_n_accepted"),
+            "k_counts": t.get("k_counts"), "rounds_by_drafter": t.get("rounds_by_drafter"),
+            "prediction_draft_n_accepted": t.get("prediction_draft_n_accepted"),
             "tokens_cached": final.get("tokens_cached"), "truncated": final.get("truncated"),
             "content": text}
 
@@ -259,7 +261,8 @@ def replay(clients: dict[str, Client], cases: list[dict], a) -> list[dict]:
             turn += 1
             for name in names[shift:] + names[:shift]:
                 row = stream(clients[name], infill_request(case, prompt, a.n_predict))
-                row.update(server=name, case=case["id"], request=i, prompt=prompt)
+                row.update(server=name, case=case["id"], request=i, prompt=prompt,
+                           n_indent=case["n_indent"])
                 if row["ok"]:
                     row["line_right"] = row["content"].split("\n")[0].rstrip() == rest.rstrip()
                     print(f"  {name:<13} {case['id']:<11} #{i} {row['latency_ms']:7.0f} ms "
@@ -275,15 +278,34 @@ def replay(clients: dict[str, Client], cases: list[dict], a) -> list[dict]:
 # --------------------------------------------------------------------------- figures
 
 
+def shown(text: str, n_indent: int) -> str:
+    """The completion as a plugin gets it (not streamed), trailing blanks aside.
+
+    Streamed, llama-server has sent a line before n_indent judges it, and the judged-out
+    part stays in what the stream carried; not streamed (as the plugins ask), it is cut
+    at the first character after a short indentation (a blank line's newline included).
+    specli holds a line back until it is judged, so its stream is already cut."""
+    lines = text.split("\n")
+    out = lines[:1]
+    for line in lines[1:]:
+        body = line.lstrip(" \t")
+        if n_indent and len(line) - len(body) < n_indent:
+            out.append(line[: len(line) - len(body)])
+            break
+        out.append(line)
+    return "\n".join(out).rstrip()
+
+
 def summarize(rows: list[dict], names: list[str]) -> dict:
     ok = [r for r in rows if r.get("ok")]
     key = lambda r: (r["case"], r["request"])  # noqa: E731
-    base = {key(r): r["content"] for r in ok if r["server"] == BASE}
+    text = lambda r: shown(r["content"], r.get("n_indent", 0))  # noqa: E731
+    base = {key(r): text(r) for r in ok if r["server"] == BASE}
     servers = {}
     for name in names:
         rs = [r for r in ok if r["server"] == name]
         pick = lambda f: [r[f] for r in rs if r.get(f) is not None]  # noqa: E731
-        same = [r["content"] == base[key(r)] for r in rs if key(r) in base]
+        same = [text(r) == base[key(r)] for r in rs if key(r) in base]
         servers[name] = {
             "n": len(rs), "errors": sum(1 for r in rows if r["server"] == name and not r.get("ok")),
             **{f"{f}_{q}": percentile(pick(f), p) for f in ("latency_ms", "ttft_ms", "prompt_n")

@@ -264,6 +264,7 @@ class VerifyCost:
 
     def _estimate(self) -> list[float]:
         measured = self.measured()
+        own = dict(measured)  # this run's own measurements
         if self._seeds:
             scale = self.scale()
             for n, seconds in self._seeds.items():
@@ -282,8 +283,14 @@ class VerifyCost:
                 w = (n - lo) / (hi - lo)
                 out.append(measured[lo] + w * (measured[hi] - measured[lo]))
             else:
+                # Beyond the sizes known, extrapolate this run's own curve when it has
+                # one: a size priced too high is never chosen, so never measured again,
+                # and a remembered outlier would price every larger size out for good
+                # (t_v(3) remembered from a 4,000-token context at 0.26 s, where at 1,800
+                # tokens it costs 0.14 s: n-gram rounds stayed at K = 1, 17 tok/s, against
+                # 30 tok/s once K went up to 15 on the same completions).
                 if line is None:
-                    line = self._line(measured)
+                    line = self._line(own if len(own) >= 2 else measured)
                 out.append(line[0] + line[1] * n)
         return [max(floor, x) for x in out]
 

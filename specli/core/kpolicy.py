@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from specli.core.costs import (AcceptanceRate, MatchAcceptance, VerifyCost, WindowedMedian,
                                predicted_speedup)
 
+CATCHUP_PRIOR = 0.1
+"""t_c / t_v(1) assumed before the draft's catch-up cost is measured (0.08 to 0.11 on a
+2-core CPU; a GPU decodes such a batch in about one step's time, and measures it soon)."""
 NGRAM_K_MAX = 31
 """The longest n-gram draft --k auto considers (a verify batch of 32)."""
 
@@ -183,9 +186,13 @@ class KPolicy:
         the `left` tokens still to generate, each coming at rate(k) instead of one per
         t_v(1). Short replies to long prompts (an editor's completion: a 2,000-token FIM
         prompt, 20 tokens out) do not: there the draft's prefill would cost more than it
-        saves. Unpriced (no catch-up cost known yet): yes."""
+        saves. With no catch-up cost measured or remembered, t_c is taken as
+        CATCHUP_PRIOR x t_v(1): without it, a first request to a fresh server fed a
+        1,800-token FIM prompt to the draft (10 s) for a 36-token completion."""
         t_c = self.t_catchup
-        if k <= 0 or n_catchup <= 2 or t_c is None:
+        if t_c is None:  # not measured or remembered yet: a CPU's ratio (see the class doc)
+            t_c = CATCHUP_PRIOR * self.verify(1)
+        if k <= 0 or n_catchup <= 2:
             return True
         saved = left * (self.verify(1) - 1.0 / self.rate(k))
         return saved > n_catchup * t_c

@@ -572,9 +572,14 @@ class _Stream:
         stop_type = ("word" if stopped == "stop" else
                      "eos" if stopped == "engine" and done.stop_reason == "eog" else "limit")
         out_tokens = tuple(self.tally.tokens[:n_out]) if cut else tuple(done.tokens)
-        return Finished(text, reason, usage, timings(done.stats, reply, self.tally, queue_ms),
-                        lps, calls, stop_type=stop_type, stopping_word=self.stops.word or "",
-                        tokens=out_tokens)
+        t = timings(done.stats, reply, self.tally, queue_ms)
+        if cut and n_out < t["predicted_n"]:  # tokens generated past a stop are not output
+            t["predicted_n"] = n_out
+            t["predicted_per_token_ms"] = t["predicted_ms"] / n_out if n_out else 0.0
+            t["predicted_per_second"] = (1000 * n_out / t["predicted_ms"]
+                                         if t["predicted_ms"] > 0 else 0.0)
+        return Finished(text, reason, usage, t, lps, calls, stop_type=stop_type,
+                        stopping_word=self.stops.word or "", tokens=out_tokens)
 
     def tokens_of(self, text: str, done, stopped: str) -> tuple[int, ...] | None:
         """The tokens generated as exactly `text`, when known (for the next request's prompt)."""
