@@ -14,10 +14,11 @@ same figures between a fresh decode and a fresh decode in another batch shape (t
 prompt in one batch vs in chunks of 16: the batch-numerics gap that --strict removes).
 
 Cases: Python files of this venv's site-packages (rich, click, jinja2...), cut at a
-function body line; three 64-line chunks of two other files as input_extra; the reuse
+function body line; three chunks (--chunk-lines) of two other files as input_extra; the reuse
 case drops the first chunk.
 
     python benchmarks/cache_reuse.py [--target PATH] [--cases 6] [--n 32] [--threads 2]
+        [--chunk-lines 24]
 Run it on a quiet machine. It asserts nothing.
 """
 
@@ -64,6 +65,7 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=32, help="greedy tokens compared")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chunk-lines", type=int, default=24, help="lines per extra chunk")
     a = ap.parse_args(argv)
     from specli.fim import Chunk, infill_tokens
     from specli.llama.backend import LlamaModel
@@ -76,7 +78,8 @@ def main(argv=None) -> None:
     cases = find_cases(a.cases, a.seed, 1, 3)
     rows = []
     for c in cases:
-        chunks = [Chunk(x["text"], x["filename"]) for x in c["input_extra"][:3]]
+        chunks = [Chunk("\n".join(x["text"].split("\n")[: a.chunk_lines]) + "\n", x["filename"])
+                  for x in c["input_extra"][:3]]
         if len(chunks) < 3:
             continue
         prompt = c["line"][: c["col"]]
