@@ -286,9 +286,9 @@ class VerifyCost:
                 # Beyond the sizes known, extrapolate this run's own curve when it has
                 # one: a size priced too high is never chosen, so never measured again,
                 # and a remembered outlier would price every larger size out for good
-                # (t_v(3) remembered from a 4,000-token context at 0.26 s, where at 1,800
-                # tokens it costs 0.14 s: n-gram rounds stayed at K = 1, 17 tok/s, against
-                # 30 tok/s once K went up to 15 on the same completions).
+                # (t_v(3) remembered at 0.26 s, where this run's 1,800-token context costs
+                # 0.14 s: n-gram rounds stayed at K = 1, 17 tok/s, against 30 tok/s once K
+                # went up to 15 on the same completions).
                 if line is None:
                     line = self._line(own if len(own) >= 2 else measured)
                 out.append(line[0] + line[1] * n)
