@@ -74,6 +74,8 @@ def test_llama_vscode_request_gets_llama_servers_answer(server):
     assert body["stop_type"] in ("eos", "limit", "word")
     assert body["tokens_predicted"] <= 24 and body["tokens_evaluated"] > 50
     assert body["generation_settings"]["n_ctx"] == 2048
+    bare = json.loads(infill(server, {**VSCODE, "samplers": []}))["generation_settings"]
+    assert (bare["top_k"], bare["top_p"], bare["min_p"], bare["temperature"]) == (0, 1.0, 0.0, 1.0)
     settings = body["generation_settings"]
     assert settings["infill_sampler"] is True and settings["samplers_not_applied"] == []
     assert settings["min_p"] == 0.0 and settings["temperature"] == 1.0  # not listed: off
@@ -166,6 +168,8 @@ def test_several_completions_and_their_limit(server):
     assert isinstance(body, list) and [b["index"] for b in body] == [0, 1, 2]
     greedy = json.loads(infill(server, {**VSCODE, **GREEDY, "n_cmpl": 2}))
     assert greedy[0]["content"] == greedy[1]["content"]
+    also = json.loads(infill(server, {**VSCODE, **GREEDY, "n_cmpl": None, "n": 2}))
+    assert isinstance(also, list) and len(also) == 2  # llama-server reads n as n_cmpl
     status, err = error_of(*request(server, "POST", "/infill", {**VSCODE, "n_cmpl": 9})[::2])
     assert status == 400  # llama.vscode recognises this message and tells the user
     assert err["message"].startswith("Field 'n_cmpl': Value must be between")

@@ -407,8 +407,6 @@ def _samplers(body: InfillBody) -> tuple[InfillBody, tuple[str, ...]]:
     if unknown:
         raise bad_request(f"samplers: unknown sampler {unknown[0]!r} (known: "
                           f"{', '.join(sorted(LLAMA_SAMPLERS))})", "samplers")
-    if not names:  # llama.vim's cache warm-up sends []: nothing is generated then
-        return body, ()
     off = {field: value for name, (field, value) in SAMPLER_FILTERS.items() if name not in names}
     ignored = tuple(n for n in names if n not in SAMPLER_FILTERS and n != "infill")
     return body.model_copy(update=off), ignored
@@ -422,6 +420,8 @@ def _validate(model: type[BaseModel], data: dict):
         param = _param_name(err["loc"])
         raise bad_request(f"{param}: {err['msg']}" if param else err["msg"], param) from None
     for name, defaults in UNSUPPORTED_DEFAULTS.items():
+        if model is InfillBody and name == "n":
+            continue  # llama-server's /infill reads n as n_cmpl (checked there)
         if name in model.model_fields and not _is_default(getattr(body, name), defaults):
             why = UNSUPPORTED_WHY.get(name, "leave it out")
             raise bad_request(f"{name}: not supported by specli serve ({why})", name,
