@@ -259,17 +259,17 @@ class _Run:
         t_start = time.perf_counter()
         try:
             self._prefill()
-            t_dec = time.perf_counter()
-            self.stats.prompt_seconds = t_dec - t_start
-            llama0 = self._llama_seconds()
+            self._t_dec = time.perf_counter()
+            self.stats.prompt_seconds = self._t_dec - t_start
+            self._llama0 = self._llama_seconds()
             while stop is None:
                 room = self.target.n_ctx - len(self.committed)
                 if room < 0:  # the pending token itself no longer fits
                     stop, message = "context_full", f"context full ({self.target.n_ctx} tokens): stopped"
                     break
                 rnd, stop = self._round(max(0, room))
-                self.stats.decode_seconds = time.perf_counter() - t_dec
-                self.stats.llama_seconds = self._llama_seconds() - llama0
+                self.stats.decode_seconds = time.perf_counter() - self._t_dec
+                self.stats.llama_seconds = self._llama_seconds() - self._llama0
                 if self.stats.rounds == 1:
                     self.stats.ttft = time.perf_counter() - t_start
                 yield rnd
@@ -294,7 +294,12 @@ class _Run:
                 f"prompt is {len(self.committed)} tokens; it does not fit --ctx {self.target.n_ctx}"
             )
         self.target.reuse_prefix(self.committed)  # a chat turn re-decodes only what is new
-        self.target.decode(self.committed[self.target.n_past : -1], 0)
+        if self.verify_chunk:  # strict: the prompt alone, then verify calls in chunks
+            self.target.decode(self.committed[self.target.n_past : -1], 0)
+        # Otherwise the prompt's new tokens are decoded with round 1's rows, in one call:
+        # its last token decoded on its own costs one more pass over the weights (126 new
+        # tokens at a 1,870-token context on 2 cores: 125 + 1 took 1.49-1.61 s, one batch
+        # 1.37-1.41 s), which was specli's whole time-to-first-token gap to llama-server.
         if self.drafter is not None:
             # drafters are reused: always told (None included)
             self.drafter.constrain(self.rules, self.n_prompt, self.constraint)
@@ -335,8 +340,13 @@ class _Run:
         else:
             rows = self.target.decode(tokens, len(prop.tokens) + 1)[:, : self.n_vocab]  # [k+1, V]
             t_verify = time.perf_counter() - t0
-            rows = self._ruled(rows, prop)
             calls = [(len(tokens), t_verify)]
+            if len(pending) > 1:  # round 1 decoded the prompt's tail too (see _prefill):
+                self.stats.prompt_seconds += t_verify  # prompt time, not a verify cost
+                self._t_dec += t_verify
+                self._llama0 += t_verify
+                t_verify, calls = 0.0, []  # nothing for the cost model to learn from
+            rows = self._ruled(rows, prop)
             verdict, p_rows, uniforms = self._verify(prop, rows)
         if prop.source == "model" and p_rows is not None:
             self._count_overlap(prop, verdict, p_rows)
