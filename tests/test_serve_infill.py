@@ -181,6 +181,7 @@ def test_streamed_infill_is_llama_servers_native_stream(server):
     events = [json.loads(e) for e in sse_events(raw)]
     assert events[-1]["stop"] is True and events[-1]["content"] == ""
     assert all(e["stop"] is False for e in events[:-1]) and "[DONE]" not in raw.decode()
+    assert events[0]["tokens_evaluated"] == events[-1]["tokens_evaluated"] > 50
     whole = json.loads(infill(server, {**VSCODE, **GREEDY}))
     assert "".join(e["content"] for e in events[:-1]) == whole["content"]
 

@@ -23,17 +23,26 @@ def consoles(plain: bool = False) -> tuple[Console, Console]:
     return make(sys.stdout, False), make(sys.stderr, True)
 
 
+def read_text(path: str | Path, what: str) -> str:
+    """A UTF-8 text file, or a one-line UsageError naming `what` (--file, --grammar...)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{what}: no such file: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{what}: {path} is a directory, not a file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{what}: {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise UsageError(f"{what}: cannot read {path}: {e.strerror or e}") from None
+
+
 def read_prompt(prompt: str | None, file: Path | None) -> str:
     """The prompt from the argument, stdin ('-') or --file; a clear error when there is none."""
     if file is not None:
         if prompt is not None:
             raise UsageError("give the prompt either as an argument or with --file, not both")
-        try:
-            text = file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise UsageError(f"prompt file not found: {file}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"cannot read prompt file {file}: {getattr(e, 'strerror', None) or e}") from None
+        text = read_text(file, "--file")
     elif prompt == "-":
         text = sys.stdin.read()
     elif prompt is None:
@@ -60,12 +69,7 @@ def read_grammar(json_schema: str | None, grammar: str | None):
     if inline:
         text = given
     else:
-        try:
-            text = Path(given).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise UsageError(f"{flag}: no such file: {given}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"{flag}: cannot read {given}: {getattr(e, 'strerror', None) or e}") from None
+        text = read_text(given, flag)
     try:
         return Grammar.json_schema(text) if json_schema is not None else Grammar.gbnf(text)
     except GrammarError as e:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from specli.cli._app import app
-from specli.cli.common import consoles, open_session
+from specli.cli.common import consoles, open_session, read_text
 from specli.cli.options import PlainOpt, generation_options
 from specli.errors import UsageError
 from specli.session import Options
@@ -57,19 +57,6 @@ def split_at(text: str, offset: int) -> tuple[str, str, str, int]:
     return prefix, line_head, suffix, n_indent
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a directory, not a file") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text") from None
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
-
-
 @app.command("complete", help=COMPLETE_HELP, no_args_is_help=True)
 @generation_options(max_tokens=128)
 def complete_cmd(
@@ -90,9 +77,9 @@ def complete_cmd(
 
     if not at:
         raise UsageError("--at LINE:COL is required: where the cursor is")
-    text = _read(file)
+    text = read_text(file, "FILE")
     offset = parse_at(at, text)
-    chunks = [Chunk(_read(p), p.name) for p in extra or ()]
+    chunks = [Chunk(read_text(p, "--extra"), p.name) for p in extra or ()]
     prefix, line_head, suffix, n_indent = split_at(text, offset)
     out, err = consoles(plain=plain or json_out)
     with open_session(err, opts) as gen:

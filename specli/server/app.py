@@ -172,7 +172,8 @@ async def _complete(request: Request, state: ServerState, parse):
         ids = Ids(job.kind, state.model_id)
         native = job.infill is not None and job.infill.native
         if job.stream:
-            events = _infill_events(ticket, job, state) if native else _events(ticket, ids, job)
+            events = (_infill_events(ticket, job, state, first.prompt_tokens) if native
+                      else _events(ticket, ids, job))
             return EventStream(events,
                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         finished = await _collect(ticket, request)
@@ -210,7 +211,7 @@ async def _collect(ticket, request: Request):
             raise item.error
 
 
-async def _infill_events(ticket, job, state: ServerState):
+async def _infill_events(ticket, job, state: ServerState, n_prompt: int):
     """llama-server's native stream: `data: {"content": ..., "stop": false}` per piece, then
     the whole answer with `"stop": true` and empty content; no [DONE]."""
     n_pred = 0
@@ -220,7 +221,7 @@ async def _infill_events(ticket, job, state: ServerState):
             if isinstance(item, Delta):
                 if item.text:
                     n_pred += 1
-                    yield sse(infill_chunk(item.text, n_pred, 0))
+                    yield sse(infill_chunk(item.text, n_pred, n_prompt))
             elif isinstance(item, Finished):
                 body = infill_body(item, job, state.model_id, state.model_info.get("n_ctx", 0))
                 if "content" in body:
