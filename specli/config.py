@@ -8,6 +8,7 @@ from typing import Literal, Union
 from specli.errors import UsageError
 
 K_MAX = 64
+PARALLEL_MAX = 16  # serve --parallel: sequences in one context
 PROMPT_CACHE_MB = 512  # saved prompt states per model (specli.promptcache; serve --cache-mb)
 PROMPT_CACHE_BYTES = PROMPT_CACHE_MB * 2**20
 KSpec = Union[int, Literal["auto"]]
@@ -91,10 +92,13 @@ class RuntimeConfig:
     n_gpu_layers: int | None = None  # None: all when llama.cpp supports GPU offload, else 0
     draft_n_gpu_layers: int | None = None  # None: same as n_gpu_layers
     n_batch: int = 512
+    n_seq: int = 1  # sequences per context (serve --parallel), each with n_ctx cells
 
     def __post_init__(self) -> None:
         if self.n_ctx < 16:
             raise UsageError(f"--ctx must be >= 16, got {self.n_ctx}")
+        if not 1 <= self.n_seq <= PARALLEL_MAX:
+            raise UsageError(f"--parallel must be in 1..{PARALLEL_MAX}, got {self.n_seq}")
         for name, v in (("--threads", self.n_threads), ("--draft-threads", self.draft_n_threads)):
             if v is not None and v < 1:
                 raise UsageError(f"{name} must be >= 1, got {v}")

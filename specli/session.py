@@ -19,8 +19,9 @@ warnings and of slow steps.
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Protocol
 
@@ -92,7 +93,7 @@ def load_models(paths: ModelPaths, runtime: RuntimeConfig, *, force: bool = Fals
                 warn(warning)
     target = LlamaModel(paths.target, n_ctx=runtime.n_ctx, n_threads=runtime.n_threads,
                         n_gpu_layers=runtime.n_gpu_layers, n_batch=runtime.n_batch,
-                        header=t_head)
+                        header=t_head, n_seq=runtime.n_seq)
     draft = None
     if paths.draft is not None and load_draft:
         try:
@@ -101,7 +102,7 @@ def load_models(paths: ModelPaths, runtime: RuntimeConfig, *, force: bool = Fals
                 n_threads=runtime.draft_n_threads or runtime.n_threads,
                 n_gpu_layers=(runtime.n_gpu_layers if runtime.draft_n_gpu_layers is None
                               else runtime.draft_n_gpu_layers),
-                n_batch=runtime.n_batch, header=d_head)
+                n_batch=runtime.n_batch, header=d_head, n_seq=runtime.n_seq)
         except BaseException:
             target.close()
             raise
@@ -145,6 +146,7 @@ class Options:
     n_gpu_layers: int | None = None
     draft_n_gpu_layers: int | None = None
     strict: bool = False
+    parallel: int = 1  # serve: sequences generated at once in one context (0: auto)
 
     def models(self) -> tuple[str | None, str]:
         """(the draft model, the drafter): `--draft auto|ngram|model` names a drafter, as
@@ -172,7 +174,8 @@ class Options:
         runtime = RuntimeConfig(n_ctx=self.ctx, n_threads=self.threads,
                                 draft_n_threads=self.draft_threads,
                                 n_gpu_layers=self.n_gpu_layers,
-                                draft_n_gpu_layers=self.draft_n_gpu_layers)
+                                draft_n_gpu_layers=self.draft_n_gpu_layers,
+                                n_seq=self.parallel or 1)
         return sampling, spec, runtime
 
 
@@ -209,6 +212,8 @@ def open_generation(options: Options, reporter: Reporter | None = None) -> Itera
     draft, drafter = options.models()
     sampling, spec, runtime = options.configs()
     paths = resolve_paths(pair=options.pair, target=options.target, draft=draft)
+    if options.parallel == 0:
+        runtime = replace(runtime, n_seq=auto_parallel(paths.target))
     from specli.core.drafters import drafter_kind
 
     need_draft = spec.k != 0 and drafter_kind(drafter).loads_model
@@ -234,17 +239,19 @@ class Generation:
         self.drafter_name = drafter_name
         self.reporter = reporter or Silent()
         self._drafters: dict = {}  # one per sampling config: q must be warped as p is
-        self._costs = None  # costcache.CostCache, opened on first use
-        self._numerics = None  # numerics.BatchNumerics, measured on first use
+        self._shared = _Shared()  # with the other sequences' Generations (see slots)
+        self.group = None  # llama.batch.StepGroup of the slots, once made
 
     @property
     def costs(self):
         """Costs remembered on this machine (see specli.core.costcache)."""
-        if self._costs is None:
-            from specli.core.costcache import CostCache
+        shared = self._shared
+        with shared.lock:
+            if shared.costs is None:
+                from specli.core.costcache import CostCache
 
-            self._costs = CostCache.open()
-        return self._costs
+                shared.costs = CostCache.open()
+        return shared.costs
 
     # --- prompts
     def prompt_tokens(self, text: str, *, system: str | None = None, raw: bool = False) -> list[int]:
@@ -290,8 +297,9 @@ class Generation:
         """Keep what a generation measured for the next one (no-op for a fixed K)."""
         from specli.core.policy import remember
 
-        remember(policy, self.costs if policy.measured() is not None else None,
-                 self.loaded.target, self.loaded.draft)
+        with self._shared.lock:  # slots finish replies on their own threads
+            remember(policy, self.costs if policy.measured() is not None else None,
+                     self.loaded.target, self.loaded.draft)
 
     def strict_chunk(self, spec: SpecConfig):
         """--strict: the verify-call rule for this generation (None otherwise). The engine
@@ -301,19 +309,42 @@ class Generation:
     def numerics(self, fresh: bool = False):
         """The target's batch-numerics gap on this machine: remembered, else measured (and
         always measured when `fresh`, under this command's sampling settings)."""
-        if self._numerics is None or fresh:
-            from specli.core.numerics import cached_or_measure
+        shared = self._shared
+        with shared.lock:
+            if shared.numerics is None or fresh:
+                from specli.core.numerics import cached_or_measure
 
-            with self.reporter.busy("measuring the target's batch numerics"):
-                self._numerics = cached_or_measure(self.loaded.target, self.costs,
-                                                   min(K_MAX, NUMERICS_N_MAX), self.sampling,
-                                                   fresh=fresh)
-        return self._numerics
+                with self.reporter.busy("measuring the target's batch numerics"):
+                    shared.numerics = cached_or_measure(self.loaded.target, self.costs,
+                                                        min(K_MAX, NUMERICS_N_MAX),
+                                                        self.sampling, fresh=fresh)
+        return shared.numerics
 
     def verify_chunk(self):
         """Strict mode's verify-call size, by context length (numerics.ChunkRule): the
         target's bit-identical batch size at the lengths measured."""
         return self.numerics().chunk_rule()
+
+    def slots(self) -> list["Generation"]:
+        """One Generation per sequence of a multi-sequence pair (serve --parallel), each
+        over its own llama.batch.SeqViews, decoded in shared steps of one StepGroup and
+        sharing this one's remembered costs and numerics; [self] for a single sequence.
+        Their models are views: close this Generation's, never theirs."""
+        target, draft = self.loaded.target, self.loaded.draft
+        n = getattr(target, "n_seq", 1)
+        if n <= 1:
+            return [self]
+        from specli.llama.batch import StepGroup, views
+
+        self.group = StepGroup(first=draft)
+        drafts = views(draft, self.group) if draft is not None else [None] * n
+        out = []
+        for t, d in zip(views(target, self.group), drafts):
+            gen = Generation(Loaded(t, d, self.loaded.n_vocab, self.loaded.warning), self.paths,
+                             self.sampling, self.spec, self.drafter_name, self.reporter)
+            gen._shared, gen.group = self._shared, self.group
+            out.append(gen)
+        return out
 
     # --- generating
     def generate(self, tokens: list[int], *, spec: SpecConfig | None = None,
@@ -340,6 +371,8 @@ class Generation:
         policy = policy or self.policy(spec)
         chunk = self.strict_chunk(spec)
         target = self.loaded.target
+        if self.group is not None:  # a sequence of a shared context: strict runs alone
+            target.solo = bool(spec.strict)
         constraint = (grammar.constraint(target.grammar_tokenizer(), target.eog_tokens())
                       if grammar is not None else None)
         events = speculative_generate(target, drafter, tokens, sampling,
@@ -388,6 +421,23 @@ class Generation:
         if d is None or d == t:
             return f"on {t}"
         return f"target on {t}, draft on {d}"
+
+
+def auto_parallel(target_path) -> int:
+    """serve --parallel auto: as many sequences as this machine's remembered verify costs
+    say pay in one step (costcache.choose_parallel); 1 where nothing was measured yet."""
+    from specli.core.costcache import CostCache, choose_parallel, remembered_curve
+
+    return choose_parallel(remembered_curve(CostCache.open(), target_path))
+
+
+class _Shared:
+    """What a pair's Generations share: the cost cache and the numerics, made on first use."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.costs = None  # costcache.CostCache
+        self.numerics = None  # numerics.BatchNumerics
 
 
 def _remembering(events, on_done):

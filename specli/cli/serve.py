@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import Annotated, List, Optional
@@ -16,13 +17,15 @@ from specli.config import PROMPT_CACHE_MB
 
 SERVE_HELP = """Serve the pair over an OpenAI-compatible HTTP API, speculative decoding every reply.
 
-Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health (503 while the models load), and llama-server's POST /infill for editor plugins (llama.vscode, llama.vim: fill in the middle, with other files as context). Replies are streamed as Server-Sent Events when asked. Sampling options below are the defaults for what a request leaves out; a request may override K, the drafter and strict mode with "speculative": {"k": 4, "drafter": "ngram", "strict": true}. One generation runs at a time; others wait in a queue. Consecutive requests that share a prefix (a client re-sending a growing conversation) decode only the new tokens. Each response carries a "timings" object (llama-server's names, plus rounds, acceptance and K per round). Web pages may call it only from this machine (or an --allow-origin); see README, Browsers.
+Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health (503 while the models load), and llama-server's POST /infill for editor plugins (llama.vscode, llama.vim: fill in the middle, with other files as context). Replies are streamed as Server-Sent Events when asked. Sampling options below are the defaults for what a request leaves out; a request may override K, the drafter and strict mode with "speculative": {"k": 4, "drafter": "ngram", "strict": true}. With --parallel N, up to N generations are decoded together, one batch per step (each with its own drafts and exact verification); others wait in a queue. Consecutive requests that share a prefix (a client re-sending a growing conversation) decode only the new tokens. Each response carries a "timings" object (llama-server's names, plus rounds, acceptance and K per round). Web pages may call it only from this machine (or an --allow-origin); see README, Browsers.
 
 Examples:
 
   specli serve                    # http://127.0.0.1:8080/v1
 
   specli serve --port 9000 --max-tokens 2048
+
+  specli serve --parallel 4       # 4 clients at once, batched in one context
 
   SPECLI_API_KEY=secret specli serve --host 0.0.0.0
 
@@ -66,6 +69,12 @@ def serve_cmd(
         "comma-separated list; '*' in it matches any part, as in chrome-extension://*; '*' alone: any page). "
         "Pages from this machine and VS Code webviews always may; other pages get 403.",
         rich_help_panel="Server")] = None,
+    parallel: Annotated[str, typer.Option(
+        "--parallel", "-np", help="Generations decoded together in one batch per step, each "
+        "with its own KV cache of --ctx tokens and its own drafts (K per sequence, priced by "
+        "the whole step). 'auto': as many as this machine's measured verify costs say pay "
+        "(1 until `specli doctor` or a run has measured them).",
+        rich_help_panel="Server")] = "auto",
     allow_host: Annotated[Optional[List[str]], typer.Option(
         "--allow-host", help="A host name to answer besides localhost and loopback addresses "
         "(repeatable), such as a reverse proxy's that passes its Host header on. On loopback, "
@@ -75,11 +84,27 @@ def serve_cmd(
     from specli.server.main import serve
 
     _, err = consoles()
+    n = _parallel(parallel)
+    opts = dataclasses.replace(opts, parallel=n)
 
     serve(lambda: open_session(err, opts), host=host, port=port, api_key=api_key or None, max_queue=max_queue,
           allow_open=allow_open, cache_mb=cache_mb, allow_origins=tuple(allow_origin or ()),
           allow_hosts=tuple(allow_host or ()), on_listening=lambda url: _banner(url, api_key),
+          parallel=n,
           on_ready=_ready)
+
+
+def _parallel(value: str) -> int:
+    """--parallel N (1..PARALLEL_MAX) or auto (0)."""
+    from specli.config import PARALLEL_MAX
+    from specli.errors import UsageError
+
+    if value.strip().lower() == "auto":
+        return 0
+    if not value.strip().isdigit() or not 1 <= int(value) <= PARALLEL_MAX:
+        raise UsageError(f"--parallel must be 'auto' or an integer in 1..{PARALLEL_MAX}, "
+                         f"got {value!r}")
+    return int(value)
 
 
 def _banner(url: str, api_key: Optional[str]) -> None:
@@ -95,5 +120,7 @@ def _banner(url: str, api_key: Optional[str]) -> None:
 
 
 def _ready(gen) -> None:
-    print(f"specli serve: ready · {gen.paths.target.name} ← {gen.draft_label()} · K {gen.spec.k} · "
+    n = getattr(gen.loaded.target, "n_seq", 1)
+    slots = f" · {n} parallel" if n > 1 else ""
+    print(f"specli serve: ready · {gen.paths.target.name} ← {gen.draft_label()} · K {gen.spec.k}{slots} · "
           f"pid {os.getpid()} · Ctrl-C stops", file=sys.stderr, flush=True)

@@ -186,3 +186,32 @@ def _store(cache, target, draft, t_verify, t_draft, *, replace: bool,
     if draft is not None and (t_draft is not None or t_catchup is not None):
         cache.update(model_key(draft), t_draft=t_draft, t_catchup=t_catchup, replace=replace)
     cache.save()
+
+
+PARALLEL_GAIN = 1.15
+"""serve --parallel auto doubles the sequences while a shared step of twice the rows
+gives at least this much more throughput: t_v(2n) <= 2 t_v(n) / PARALLEL_GAIN."""
+
+
+def choose_parallel(t_verify: Mapping[int, float], n_max: int = 8) -> int:
+    """Sequences per shared step that pay on this curve ({rows: seconds}, K = 0 rows): 1
+    without the sizes to tell. On the 2-core CPU (t_v 68, 112, 141 ms at 1, 2, 4 rows,
+    259 at 8) that is 4; on a GPU's nearly flat curve, n_max."""
+    n = 1
+    while 2 * n <= n_max and n in t_verify and 2 * n in t_verify:
+        if t_verify[2 * n] > 2 * t_verify[n] / PARALLEL_GAIN:
+            break
+        n *= 2
+    return n
+
+
+def remembered_curve(cache: CostCache, path) -> dict[int, float]:
+    """The fullest t_v curve remembered for the model file at `path`, whatever the runtime
+    settings (threads, placement) it was measured with: for choosing before loading."""
+    p = Path(path)
+    try:
+        start = f"{p.name}|{p.stat().st_size}|"
+    except OSError:
+        return {}
+    curves = [cache.t_verify(key) for key in cache._models if key.startswith(start)]
+    return max(curves, key=len, default={})

@@ -200,6 +200,13 @@ class VerifyCost:
         self._seeds: dict[int, float] = {}  # remembered from earlier runs (see seed)
         self._table: list[float] | None = None  # cached estimates, invalidated on observe
         self._chunk: int | None = None  # strict mode: see set_chunk
+        self.batch: tuple[int, float] = (0, 0.0)  # see set_batch
+
+    def set_batch(self, rows: int, tokens: float) -> None:
+        """The next round shares its step with other sequences: they add `rows` tokens to
+        the call and get `tokens` from it (llama.batch). Policies price K at
+        t_v(rows + K + 1); (0, 0.0) is a step of one's own."""
+        self.batch = (max(0, min(rows, self.n_max - 1)), max(0.0, tokens))
 
     def set_chunk(self, chunk: int | None) -> None:
         """Strict mode verifies n tokens in decode calls of at most `chunk` tokens, so

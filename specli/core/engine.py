@@ -311,6 +311,11 @@ class _Run:
             # Strict: the call size shrinks as the context grows; --k auto prices today's.
             self.policy.price_chunk(self.verify_chunk(len(self.committed)))
         k, source = 0, "none"
+        batch_load = getattr(self.target, "batch_load", None)
+        if batch_load is not None and self.drafter is not None:
+            # Other sequences share this step (llama.batch): drafts are priced by what
+            # they add to the whole batch's time and tokens, not this sequence's alone.
+            self.policy.price_batch(*batch_load())
         if self.drafter is not None:
             source = self.drafter.next_source(self.committed)
             match_len = self.drafter.match_len(self.committed) if source == "ngram" else 0
@@ -340,7 +345,10 @@ class _Run:
         else:
             rows = self.target.decode(tokens, len(prop.tokens) + 1)[:, : self.n_vocab]  # [k+1, V]
             t_verify = time.perf_counter() - t0
-            calls = [(len(tokens), t_verify)]
+            # A shared step (llama.batch) held other sequences' tokens too: its cost is
+            # that of the whole call.
+            shared = getattr(self.target, "last_rows", 0)
+            calls = ([(shared, self.target.last_seconds)] if shared else [(len(tokens), t_verify)])
             if len(pending) > 1:  # round 1 decoded the prompt's tail too (see _prefill):
                 self.stats.prompt_seconds += t_verify  # prompt time, not a verify cost
                 self._t_dec += t_verify

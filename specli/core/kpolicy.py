@@ -18,6 +18,9 @@ CATCHUP_PRIOR = 0.1
 2-core CPU; a GPU decodes such a batch in about one step's time, and measures it soon)."""
 NGRAM_K_MAX = 31
 """The longest n-gram draft --k auto considers (a verify batch of 32)."""
+BATCH_ROWS_MAX = 96
+"""The most rows of other sequences a shared step is priced with (llama.batch); beyond,
+they are priced as this many (8 sequences drafting 11 tokens each)."""
 
 
 # --------------------------------------------------------------------------- --k auto: model drafts
@@ -146,10 +149,11 @@ class KPolicy:
     def _rates(self, alpha: float, t_d: float) -> list[float]:
         """rate(K) for K = 0..k_max; E(K) built incrementally (E(K) = E(K-1) + alpha^K)."""
         t_v = self.verify.table()
+        rows, e_o = self.verify.batch  # other sequences in the step (0, 0.0 alone)
         rates, e_k, a_k = [], 0.0, 1.0
         for k in range(self.k_max + 1):
             e_k, a_k = e_k + a_k, a_k * alpha
-            rates.append(e_k / (k * t_d + t_v[k]))
+            rates.append((e_o + e_k) / (k * t_d + t_v[rows + k]))
         return rates
 
     def _resolve(self, alpha: float | None, draft_cost: float | None) -> tuple[float, float]:
@@ -194,7 +198,7 @@ class KPolicy:
             t_c = CATCHUP_PRIOR * self.verify(1)
         if k <= 0 or n_catchup <= 2:
             return True
-        saved = left * (self.verify(1) - 1.0 / self.rate(k))
+        saved = left * (1.0 / self.rate(0) - 1.0 / self.rate(k))
         return saved > n_catchup * t_c
 
     def probe_size(self, draft_cost: float | None = None) -> int:
@@ -392,24 +396,29 @@ class NgramPolicy:
         self.acceptance = MatchAcceptance()
 
     def _costs(self) -> list[float]:
+        """t_v of a round's step for K = 0..k_max (with other sequences' rows in it)."""
         t_v = self.verify.table()
+        rows = self.verify.batch[0]
         return [t if self.verify.is_measured(n) else t * self.optimism
-                for n, t in enumerate(t_v[: self.k_max + 1], start=1)]
+                for n, t in enumerate(t_v[rows : rows + self.k_max + 1], start=rows + 1)]
 
     def rates(self, match_len: int) -> list[float]:
-        """Predicted tokens per second for K = 0..k_max after a match of match_len tokens."""
+        """Predicted tokens per second for K = 0..k_max after a match of match_len tokens
+        (of the whole step when other sequences share it: see AutoK.price_batch)."""
         t_v = self._costs()
-        rates, e_k, p_all = [1.0 / t_v[0]], 1.0, 1.0
+        e_o = self.verify.batch[1]
+        rates, e_k, p_all = [(e_o + 1.0) / t_v[0]], 1.0, 1.0
         for k, a in enumerate(self.acceptance.profile(match_len, self.k_max), start=1):
             p_all *= a
             e_k += p_all
-            rates.append(e_k / t_v[k])
+            rates.append((e_o + e_k) / t_v[k])
         return rates
 
     def best(self, match_len: int) -> tuple[int, float]:
         """(K, predicted rate) of the best K for this match, ties to the smaller K."""
         if match_len <= 0:
-            return 0, 1.0 / self.verify(1)
+            rows, e_o = self.verify.batch
+            return 0, (e_o + 1.0) / self.verify(rows + 1)
         rates = self.rates(match_len)
         k = max(range(len(rates)), key=lambda j: (rates[j], -j))
         if rates[k] < rates[0] * (1.0 + self.margin):

@@ -22,7 +22,7 @@ from typing import Protocol
 from specli.config import SpecConfig
 from specli.core.costs import VerifyCost
 from specli.core.drafters import StopRule
-from specli.core.kpolicy import NGRAM_K_MAX, CostSnapshot, KPolicy, NgramPolicy
+from specli.core.kpolicy import BATCH_ROWS_MAX, NGRAM_K_MAX, CostSnapshot, KPolicy, NgramPolicy
 
 __all__ = ["AutoK", "CostSnapshot", "FixedK", "KPolicy", "NGRAM_K_MAX", "NgramPolicy",
            "Policy", "make_policy", "remember", "seed_policy"]
@@ -45,6 +45,10 @@ class Policy(Protocol):
 
     def price_chunk(self, chunk: int | None) -> None:
         """Strict mode verifies in calls of at most `chunk` tokens: price rounds so."""
+
+    def price_batch(self, rows: int, tokens: float) -> None:
+        """Other sequences share the next step (llama.batch): they put `rows` tokens into
+        its decode and get `tokens` from it. Price drafts by the whole step."""
 
     def seed(self, t_verify: Mapping[int, float], t_draft: float | None = None,
              t_catchup: float | None = None) -> None:
@@ -73,6 +77,9 @@ class FixedK:
         pass
 
     def price_chunk(self, chunk: int | None) -> None:
+        pass
+
+    def price_batch(self, rows: int, tokens: float) -> None:
         pass
 
     def seed(self, t_verify, t_draft=None, t_catchup=None) -> None:
@@ -134,7 +141,8 @@ class AutoK:
     """
 
     def __init__(self, k_max: int, ngram_k_max: int = NGRAM_K_MAX, **kwargs) -> None:
-        self.verify = VerifyCost(max(k_max, ngram_k_max) + 1)
+        # Sizes up to a shared step's (llama.batch): other sequences' rows plus this one's.
+        self.verify = VerifyCost(max(k_max, ngram_k_max) + 1 + BATCH_ROWS_MAX)
         self.model = KPolicy(k_max, verify=self.verify, **kwargs)
         self.ngram = NgramPolicy(ngram_k_max, verify=self.verify)
         self._p_all = 1.0
@@ -148,6 +156,12 @@ class AutoK:
     def price_chunk(self, chunk: int | None) -> None:
         """Strict mode: price each round as the sequence of verify calls it makes."""
         self.verify.set_chunk(chunk)
+
+    def price_batch(self, rows: int, tokens: float) -> None:
+        """A shared step: round K is worth (tokens + E(K)) / (K t_d + t_v(rows + K + 1)),
+        the whole step's rate, so a sequence drafts only where that beats its K = 0 share
+        (tokens + 1) / t_v(rows + 1): speculation never slows the batch (issue 27)."""
+        self.verify.set_batch(min(rows, BATCH_ROWS_MAX), tokens)
 
     def plan(self, source: str, match_len: int = 0, fallback: str | None = None,
              catchup: int = 0, left: int | None = None) -> tuple[str, int]:
@@ -214,7 +228,8 @@ class AutoK:
         """Learn from one round. `verify_calls` lists (tokens, seconds) per target decode
         call when verification took several (strict mode); the default is one call of
         k + 1 tokens taking verify_seconds."""
-        if verify_calls is not None and len(verify_calls) != 1:
+        if verify_calls is not None and (len(verify_calls) != 1 or verify_calls[0][0] != k + 1):
+            # several calls (strict), or one shared with other sequences (llama.batch)
             for n, seconds in verify_calls:
                 self.verify.observe(n, seconds)
             verify_seconds = None  # already observed, per call

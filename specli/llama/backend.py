@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -330,9 +331,12 @@ class LlamaModel:
         n_gpu_layers: int | None = None,
         n_batch: int = 512,
         header=None,
+        n_seq: int = 1,
     ) -> None:
         """`header`: the file's llama.gguf.GGUFHeader with tensors, if already read (a load
-        reads it once, for the pair check and the placement alike)."""
+        reads it once, for the pair check and the placement alike). `n_seq`: sequences the
+        context holds, each with its own `n_ctx` cells (llama.batch.SeqView reads one;
+        this object itself is sequence 0)."""
         from specli.llama.gguf import check_gguf
 
         self.path = Path(path)
@@ -377,18 +381,25 @@ class LlamaModel:
         self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         threads = n_threads or physical_cores()
         cparams = lc.llama_context_default_params()
-        cparams.n_ctx = n_ctx
+        if n_seq < 1:
+            raise ValueError(f"n_seq must be >= 1, got {n_seq}")
+        cparams.n_ctx = n_ctx * n_seq  # split evenly: each sequence gets n_ctx cells
+        cparams.n_seq_max = n_seq
+        cparams.kv_unified = False  # per-sequence KV: a sequence's attention never sees another's
         cparams.n_batch = cparams.n_ubatch = n_batch
         cparams.n_threads = cparams.n_threads_batch = threads
         if hasattr(cparams, "n_outputs_max"):
-            cparams.n_outputs_max = K_MAX + 1  # logits buffer sized to the largest verify batch
+            # logits buffer sized to the largest verify batch, one per sequence
+            cparams.n_outputs_max = n_seq * (K_MAX + 1)
         cparams.no_perf = True
         self._ctx = lc.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             lc.llama_model_free(self._model)
             self._model = None
             raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.path}")
-        self.n_ctx = lc.llama_n_ctx(self._ctx)
+        self.n_seq = n_seq
+        self.n_ctx = lc.llama_n_ctx_seq(self._ctx) if n_seq > 1 else lc.llama_n_ctx(self._ctx)
+        self.n_outputs_max = n_seq * (K_MAX + 1)
         self.n_batch = n_batch
         self.n_threads = threads  # as configured (cost-cache keys, stats)
         self.threads_now = threads  # what decodes use now (a ThreadGovernor may lower it)
@@ -411,8 +422,10 @@ class LlamaModel:
         self._b_pos = np.ctypeslib.as_array(b.pos, shape=(n,))
         self._b_logits = np.ctypeslib.as_array(b.logits, shape=(n,))
         np.ctypeslib.as_array(b.n_seq_id, shape=(n,))[:] = 1
-        for i in range(n):  # every token belongs to sequence 0; set once, reused forever
+        for i in range(n):  # every token belongs to sequence 0 unless decode_parts says not
             b.seq_id[i][0] = 0
+        self._b_seq = np.zeros(n, dtype=np.int32)  # what seq_id[i][0] holds now
+        self.lock = threading.RLock()  # one llama.cpp context: one call at a time (SeqViews)
 
     # --- lifetime -------------------------------------------------------------------
     def close(self) -> None:
@@ -481,6 +494,10 @@ class LlamaModel:
         self._b_logits[:m] = 0
         if n_logits:
             self._b_logits[m - n_logits : m] = 1
+        if self.n_seq > 1:  # decode_parts may have left other sequences' ids in the batch
+            for i in np.flatnonzero(self._b_seq[:m]):
+                self._batch.seq_id[int(i)][0] = 0
+            self._b_seq[:m] = 0
         t0 = time.perf_counter()
         rc = self._lc.llama_decode(self._ctx, self._batch)
         self.decode_seconds += time.perf_counter() - t0
@@ -488,6 +505,61 @@ class LlamaModel:
             # A failed decode leaves the cache as it was before this chunk.
             raise ModelError(f"llama_decode failed with code {rc} for {self.path.name}")
         self.tokens.extend(tokens)
+
+    def decode_parts(self, parts: Sequence[tuple[int, int, Sequence[int], int]]) -> tuple[list, float]:
+        """One llama_decode over several sequences' tokens: parts are (seq, first position,
+        tokens, rows of logits wanted for its last tokens). Returns each part's rows
+        ([n_logits, n_vocab] copies: the buffer is overwritten by the next call) and the
+        call's seconds. Sequence 0's token list (this object's own) is not touched: a
+        SeqView keeps its own. The caller keeps the total within n_batch and n_outputs_max.
+        """
+        b, m, want = self._batch, 0, 0
+        for seq, pos0, tokens, n_logits in parts:
+            n = len(tokens)
+            self._b_token[m : m + n] = tokens
+            self._b_pos[m : m + n] = np.arange(pos0, pos0 + n)
+            self._b_logits[m : m + n] = 0
+            if n_logits:
+                self._b_logits[m + n - n_logits : m + n] = 1
+            for i in np.flatnonzero(self._b_seq[m : m + n] != seq):
+                b.seq_id[m + int(i)][0] = seq
+            self._b_seq[m : m + n] = seq
+            m, want = m + n, want + n_logits
+        b.n_tokens = m
+        if self.governor is not None:
+            self.governor.tick()
+        t0 = time.perf_counter()
+        rc = self._lc.llama_decode(self._ctx, b)
+        dt = time.perf_counter() - t0
+        self.decode_seconds += dt
+        if rc != 0:
+            raise ModelError(f"llama_decode failed with code {rc} for {self.path.name}")
+        out, row = [], 0
+        if want:
+            logits = np.ctypeslib.as_array(self._lc.llama_get_logits(self._ctx),
+                                           shape=(want, self.n_vocab))
+        for _, _, _, n_logits in parts:
+            out.append(np.array(logits[row : row + n_logits]) if n_logits
+                       else np.empty((0, self.n_vocab), dtype=np.float32))
+            row += n_logits
+        return out, dt
+
+    def seq_rm(self, seq: int, n: int) -> None:
+        """Forget sequence `seq`'s cached positions >= n (for a SeqView)."""
+        if not self._lc.llama_memory_seq_rm(self._mem, seq, n, -1):
+            raise ModelError(f"llama.cpp could not truncate the KV cache of {self.path.name}")
+
+    def seq_state(self, seq: int):
+        """Sequence `seq`'s KV state as uint8 (see save_state)."""
+        lc = self._lc
+        size = lc.llama_state_seq_get_size(self._ctx, seq)
+        buf = np.empty(size, dtype=np.uint8)
+        n = lc.llama_state_seq_get_data(self._ctx, _u8_ptr(buf), size, seq)
+        return buf if n == size else buf[:n].copy(), n
+
+    def set_seq_state(self, seq: int, data) -> bool:
+        buf = np.frombuffer(data, dtype=np.uint8)
+        return self._lc.llama_state_seq_set_data(self._ctx, _u8_ptr(buf), buf.nbytes, seq) != 0
 
     def truncate(self, n: int) -> None:
         """Forget every cached position >= n (rejected drafts); n_past becomes n."""

@@ -26,7 +26,7 @@ from specli.server.protocol import (Defaults, parse_chat, parse_completion, pars
                                     parse_json)
 from specli.server.responses import (DONE, Ids, chunk, completion_body, infill_body,
                                      infill_chunk, models_body, sse, usage_chunk)
-from specli.server.worker import Choices, Delta, Failed, Finished, Runner, Scheduler
+from specli.server.worker import Choices, Delta, Failed, Finished, Scheduler, make_runners
 
 MAX_BODY = 8 * 1024 * 1024  # bytes; a larger request body gets 413
 POLL_S = 0.25  # how often a request waiting for its turn checks that its client is still there
@@ -37,12 +37,13 @@ class ServerState:
     browsers may call (guard.Access)."""
 
     def __init__(self, *, api_key: str | None, max_queue: int, log,
-                 state_bytes: int = PROMPT_CACHE_BYTES, access: Access = Access()) -> None:
+                 state_bytes: int = PROMPT_CACHE_BYTES, access: Access = Access(),
+                 parallel: int = 1) -> None:
         self.api_key = api_key
         self.access = access
         self.log = log
         self.state_bytes = state_bytes  # saved prompt states, per model (promptcache)
-        self.scheduler = Scheduler(max_queue, log)
+        self.scheduler = Scheduler(max_queue, log, parallel)
         self.ready = threading.Event()
         self.defaults: Defaults | None = None
         self.model_id = "specli"
@@ -51,7 +52,7 @@ class ServerState:
 
     def set_ready(self, gen) -> None:
         """The models are loaded: build the runner and start answering."""
-        self.scheduler.runner = Runner(gen, self.log, self.state_bytes)
+        self.scheduler.set_runners(make_runners(gen, self.log, self.state_bytes))
         if self.scheduler.runner.core.template.is_fallback:
             self.log("warning: the target has no chat template; using a plain "
                      "'User:/Assistant:' format")
@@ -61,7 +62,8 @@ class ServerState:
         draft = paths.draft.name if paths.draft and gen.loaded.draft else None
         self.model_info = {"target": paths.target.name, "draft": draft,
                            "drafter": gen.drafter_name, "k": gen.spec.k,
-                           "n_ctx": gen.loaded.target.n_ctx}
+                           "n_ctx": gen.loaded.target.n_ctx,
+                           "parallel": getattr(gen.loaded.target, "n_seq", 1)}
         self.ready.set()
 
 

@@ -128,7 +128,7 @@ def serve(open_gen: Callable[[], ContextManager], *, host: str, port: int,
           allow_hosts: tuple[str, ...] = (),
           on_listening: Callable[[str], None] = lambda url: None,
           on_ready: Callable[[object], None] = lambda gen: None,
-          log: Callable[[str], None] = stderr_log) -> None:
+          log: Callable[[str], None] = stderr_log, parallel: int = 1) -> None:
     """Serve until SIGINT/SIGTERM. `open_gen()` loads the pair (a context manager)."""
     if max_queue < 0:
         raise UsageError(f"--max-queue must be >= 0, got {max_queue}")
@@ -143,7 +143,8 @@ def serve(open_gen: Callable[[], ContextManager], *, host: str, port: int,
                     hosts=(host, *_items(allow_hosts)) if is_loopback(host) else None)
     sock = bind(host, port)
     state = ServerState(api_key=api_key, max_queue=max_queue, log=log,
-                        state_bytes=cache_mb * 2**20, access=access)
+                        state_bytes=cache_mb * 2**20, access=access,
+                        parallel=max(1, parallel))
     config = uvicorn.Config(build_app(state), log_level="warning", access_log=False,
                             lifespan="off", timeout_graceful_shutdown=GRACE_S)
     server = _Server(config, on_stop=state.scheduler.close)

@@ -10,6 +10,7 @@ stopping) is stopped between two rounds; `Reply.finish` leaves the KV caches con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import sys
 import threading
@@ -96,16 +97,50 @@ class Ticket:
 
 
 class Scheduler:
-    """FIFO over one worker thread; at most `max_queue` requests wait behind the running one."""
+    """FIFO over `parallel` worker threads, one per slot (a sequence of the shared context:
+    llama.batch); at most `max_queue` requests wait behind the running ones."""
 
-    def __init__(self, max_queue: int, log: Callable[[str], None]) -> None:
-        self.max_queue, self.log = max_queue, log
-        self.runner: Runner | None = None  # set once the models are loaded
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="specli-generate")
+    def __init__(self, max_queue: int, log: Callable[[str], None], parallel: int = 1) -> None:
+        self.max_queue, self.log, self.parallel = max_queue, log, parallel
+        self.runners: list[Runner] = []  # one per slot, set once the models are loaded
+        self._executor = ThreadPoolExecutor(max_workers=parallel,
+                                            thread_name_prefix="specli-generate")
+        self._idle: list[Runner] = []
         self._lock = threading.Lock()
         self._waiting = 0
         self._tickets: set[Ticket] = set()
         self._closed = False
+
+    @property
+    def runner(self) -> "Runner | None":
+        """The first slot's runner (the only one without --parallel)."""
+        return self.runners[0] if self.runners else None
+
+    def set_runners(self, runners: list["Runner"]) -> None:
+        """The slots, once the models are loaded (before any job is submitted): one worker
+        thread each (--parallel auto knows how many only then)."""
+        with self._lock:
+            self.runners, self._idle = list(runners), list(runners)
+            if len(runners) != self.parallel:
+                self._executor.shutdown(wait=False)
+                self.parallel = len(runners)
+                self._executor = ThreadPoolExecutor(max_workers=self.parallel,
+                                                    thread_name_prefix="specli-generate")
+
+    def _acquire(self, job: Job) -> "Runner":
+        """The idle slot whose cache most likely holds this job's prompt: the one whose
+        last job's text shares the longest start with it (as llama-server picks a slot by
+        prompt similarity), else the one idle longest. A worker thread only starts when
+        a slot is idle: there are as many threads as slots."""
+        key = _affinity_text(job)
+        with self._lock:
+            best = max(range(len(self._idle)),
+                       key=lambda i: (_shared_start(self._idle[i].last_text, key), -i))
+            return self._idle.pop(best)
+
+    def _release(self, runner: "Runner") -> None:
+        with self._lock:
+            self._idle.append(runner)
 
     def submit(self, job: Job, loop: asyncio.AbstractEventLoop) -> Ticket:
         """Queue a job; 503 when the queue is full or the server is stopping."""
@@ -130,7 +165,11 @@ class Scheduler:
             if ticket.cancelled.is_set():  # its client left while it waited, or we are stopping
                 ticket.put(Failed(ticket.cancel_error or _cancelled()))
             else:
-                self.runner.run(ticket)
+                runner = self._acquire(ticket.job)
+                try:
+                    runner.run(ticket)
+                finally:
+                    self._release(runner)
         except BaseException:  # a bug: log it, answer 500, keep serving
             self.log("internal error:\n" + traceback.format_exc())
             ticket.put(Failed(internal()))
@@ -141,7 +180,14 @@ class Scheduler:
     def load(self) -> dict:
         """How busy the server is: requests waiting, and requests admitted in all."""
         with self._lock:
-            return {"waiting": self._waiting, "requests": len(self._tickets)}
+            load = {"waiting": self._waiting, "requests": len(self._tickets)}
+            if self.parallel > 1:
+                load.update(slots=self.parallel, slots_idle=len(self._idle))
+                group = self.runners[0].group if self.runners else None
+                if group is not None:  # shared steps so far, and the tokens they held
+                    load.update(steps=group.steps, step_tokens=group.rows,
+                                steps_shared=group.shared)
+            return load
 
     def close(self) -> None:
         """Refuse new work and stop what runs or waits (each at its next round)."""
@@ -178,28 +224,74 @@ def _supersedes(new: Job, old: Job) -> bool:
             and new.client is not None and new.client == old.client)
 
 
+def _affinity_text(job: Job) -> str:
+    """The start of what a job's prompt is made of, to match it with a slot's cache."""
+    if job.infill is not None:
+        f = job.infill
+        return "".join(str(e) for e in (f.extra or ())) + str(f.prefix)
+    if job.kind == "chat":
+        return "\x00".join(str(m.get("content")) for m in job.messages)
+    return str(job.prompt)
+
+
+def _shared_start(a: str, b: str) -> int:
+    from specli.core.ngram import common_prefix
+
+    return common_prefix(a, b) if a and b else 0
+
+
+class Shared:
+    """What every slot's runner shares: the replies' tokens, the editors' last
+    suggestions, the infill sampler's vocabulary, and a lock over them."""
+
+    def __init__(self) -> None:
+        from specli.conversation import ReplyMemory
+        from specli.fim import Suggestions
+
+        self.lock = threading.RLock()
+        self.memory = ReplyMemory()  # replies' tokens, for clients re-sending the history
+        self.suggestions = Suggestions()  # each editor's last completion (drafted from)
+        self.infill_vocab = None  # core.sampling.InfillVocab, made on first use
+
+
+def make_runners(gen, log: Callable[[str], None], state_bytes: int) -> list["Runner"]:
+    """A runner per slot of the loaded pair (gen.slots()), sharing one Shared; the saved
+    prompt states' memory is split between them."""
+    slots = gen.slots()
+    shared = Shared()
+    return [Runner(g, log, state_bytes // len(slots), shared) for g in slots]
+
+
 # --- running one job ------------------------------------------------------------------------
 class Runner:
-    """Runs jobs through the conversation core; lives on the worker thread only."""
+    """Runs jobs through the conversation core; lives on one worker thread at a time."""
 
-    def __init__(self, gen, log: Callable[[str], None], state_bytes: int) -> None:
-        from specli.conversation import Conversation, ReplyMemory
+    def __init__(self, gen, log: Callable[[str], None], state_bytes: int,
+                 shared: Shared | None = None) -> None:
+        from specli.conversation import Conversation
 
         self.core = Conversation(gen, state_bytes)
         self.core.warm_up()  # before /health says ready
-        self.memory = ReplyMemory()  # replies' tokens, for clients re-sending the history
-        from specli.fim import Suggestions
-
-        self.suggestions = Suggestions()  # each editor's last completion (drafted from)
-        self._infill_vocab = None  # core.sampling.InfillVocab, for the infill sampler
+        self.shared = shared or Shared()
+        self.memory = self.shared.memory
+        self.suggestions = self.shared.suggestions
+        self.group = gen.group  # llama.batch.StepGroup with --parallel, else None
+        self.last_text = ""  # the start of the last job's prompt (Scheduler._acquire)
         self.log = log
         from specli.toolcalls import tools_format
 
         # How the target's template writes tool calls ("hermes", "llama3"; None: no tools)
         self.tools_format = tools_format(self.core.template.source)
 
+    def member(self):
+        """Generating beside the other slots: decodes go into shared steps."""
+        if self.group is None:
+            return contextlib.nullcontext()
+        return self.group.member(self.core.target)
+
     def run(self, ticket: Ticket) -> None:
         job = ticket.job
+        self.last_text = _affinity_text(job)
         t_start = time.perf_counter()
         try:
             tokens, infill = self._prompt(job)
@@ -247,11 +339,12 @@ class Runner:
         when the request lists it (made on first use, then kept)."""
         if job.infill is None or not job.infill.infill_sampler:
             return job.sampling
-        if self._infill_vocab is None:
-            from specli.core.sampling import InfillVocab
+        with self.shared.lock:
+            if self.shared.infill_vocab is None:
+                from specli.core.sampling import InfillVocab
 
-            self._infill_vocab = InfillVocab(self.core.target)
-        return dataclasses.replace(job.sampling, infill=self._infill_vocab)
+                self.shared.infill_vocab = InfillVocab(self.core.target)
+        return dataclasses.replace(job.sampling, infill=self.shared.infill_vocab)
 
     def _reply(self, job: Job, tokens: list[int], infill, spec):
         prediction = self._reference(job)
@@ -259,7 +352,8 @@ class Runner:
         if infill is not None and job.prediction is None:
             # The rest of this editor's last suggestion, if the user typed its start: what
             # comes next (anchored at the prompt's end); then the code the prompt left out.
-            rest = self.suggestions.predict(job.client, *_before_cursor(job.infill))
+            with self.shared.lock:
+                rest = self.suggestions.predict(job.client, *_before_cursor(job.infill))
             ahead = self.core.prediction_tokens(rest) if rest else []
             if ahead or infill.left_out:
                 prediction, anchored = ahead + infill.left_out, bool(ahead)
@@ -271,7 +365,8 @@ class Runner:
     def _warm(self, ticket: Ticket, tokens: list[int], infill, queue_ms: float) -> None:
         """n_predict 0: evaluate the prompt into the cache (an editor's ring buffer of other
         files' chunks), so that the next completion finds it there; generate nothing."""
-        n_eval, seconds = self.core.prefill(tokens)
+        with self.member():
+            n_eval, seconds = self.core.prefill(tokens)
         ticket.put(Started(len(tokens)))
         ms = 1000 * seconds
         ticket.put(Finished(
@@ -366,7 +461,9 @@ class Runner:
                         raise bad_request("tools: the model's chat template does not render "
                                           "tools (see `specli doctor` and models.toml)", "tools")
                     tools = [dict(t) for t in job.tools] if job.tool_choice != "none" else None
-                tokens = self.core.tokens(self.memory.annotate(job.messages), tools)
+                with self.shared.lock:
+                    messages = self.memory.annotate(job.messages)
+                tokens = self.core.tokens(messages, tools)
             else:
                 tokens = raw_tokens(self.core.target, job.prompt)
             self.core.check_fits(tokens)
@@ -390,7 +487,8 @@ class Runner:
                       t_max_predict_ms=f.t_max_predict_ms if f else 0, quiet=quiet)
         done = None
         try:
-            done, stopped = run.drive(reply, ticket)
+            with self.member():
+                done, stopped = run.drive(reply, ticket)
         except Exception as e:  # noqa: BLE001 - any failure: resync caches, answer, keep serving
             reply.finish(None)
             if not isinstance(e, SpecliError):
@@ -401,12 +499,14 @@ class Runner:
         if stopped is None:  # cancelled: the client is gone, or the server is stopping
             reply.finish(done)  # the cache keeps the prompt and what was generated of it
             if f is not None:  # a suggestion cut short by the next keystroke still helps
-                self.suggestions.remember(job.client, *_before_cursor(f), "".join(run.sent))
+                with self.shared.lock:
+                    self.suggestions.remember(job.client, *_before_cursor(f), "".join(run.sent))
             ticket.put(Failed(ticket.cancel_error or _cancelled()))
             return None
         finished = run.finished(done, stopped, reply, queue_ms)
         if f is not None:
-            self.suggestions.remember(job.client, *_before_cursor(f), finished.text or "")
+            with self.shared.lock:
+                self.suggestions.remember(job.client, *_before_cursor(f), finished.text or "")
             finished = dataclasses.replace(
                 finished, truncated=infill.truncated, tokens_cached=self.core.target.n_past,
                 prompt_text=self._spelled(infill.tokens), ignored_samplers=f.ignored_samplers)
@@ -416,7 +516,8 @@ class Runner:
         if finished.tool_calls is None:  # a reply that called tools comes back as calls
             tokens = run.tokens_of(finished.text or "", done, stopped)
             if tokens:
-                self.memory.remember(finished.text or "", tokens)
+                with self.shared.lock:
+                    self.memory.remember(finished.text or "", tokens)
         self.log(_log_line(ticket.job, finished))
         return finished
 
