@@ -117,21 +117,24 @@ class Reply:
 
     Iterate `events` (Round events, then a Done); `interrupt()` ends the stream early
     with a Done; `finish(done)` must follow, whatever happened: it keeps --k auto's
-    measured costs and leaves both KV caches consistent for the next reply.
+    measured costs, leaves both KV caches consistent for the next reply, and adds the
+    prompt and the reply to the conversation's draft history (when there is a Done).
     """
 
     def __init__(self, conv: "Conversation", tokens: list[int], spec: SpecConfig,
                  sampling: SamplingConfig, drafter_name: str | None = None,
                  trace: bool = False, prediction: Sequence[int] | None = None,
                  rules=None, logprobs: int | None = None, grammar=None,
-                 anchored: bool = True) -> None:
+                 anchored: bool = True, history_key: str | None = None) -> None:
         drafter, self.policy = conv.drafter_policy(
             spec, sampling, drafter_name, prediction=prediction,
-            anchor=tokens[-PREDICTION_ANCHOR:] if anchored else ())
-        # The n-gram drafter holds this reply's prediction, if it drafts from one (auto or
-        # ngram, K > 0: drafter_policy sets or clears it for every reply).
+            anchor=tokens[-PREDICTION_ANCHOR:] if anchored else (), history_key=history_key)
+        # The n-gram drafter holds this reply's prediction and history, if it drafts from
+        # them (auto or ngram, K > 0: drafter_policy sets or clears both for every reply).
         ngram = conv._ngram
         self._reference = ngram if ngram is not None and ngram.reference is not None else None
+        self._history = ngram if ngram is not None and ngram.history is not None else None
+        self._prompt, self._history_key = tuple(tokens), history_key  # its document's start
         # --strict: batch-invariant verify calls. First: measuring them may use the target.
         if spec.strict and spec.k != 0:
             conv.gen.verify_chunk()
@@ -173,6 +176,14 @@ class Reply:
         return self._reference.reference_drafted, self._reference.reference_accepted
 
     @property
+    def history_counts(self) -> tuple[int, int] | None:
+        """(tokens drafted from earlier requests, of which accepted); None when nothing
+        drafts from a history this reply (no history, K = 0, the model drafter)."""
+        if self._history is None:
+            return None
+        return self._history.history_drafted, self._history.history_accepted
+
+    @property
     def prompt_reused(self) -> int:
         """Prompt tokens the target took from its cache instead of decoding them."""
         return self.prompt_tokens - self.prompt_evaluated
@@ -182,7 +193,8 @@ class Reply:
         return _throw_interrupt(self.events)
 
     def finish(self, done) -> Turn | None:
-        """After the stream: remember costs, resync the caches; the Turn (None if no Done)."""
+        """After the stream: remember costs, resync the caches, add the reply to the draft
+        history; the Turn (None if no Done: a failed reply is not added)."""
         if self.policy is not None:
             self.conv.gen.remember(self.policy)  # --k auto: what this reply measured, for the next
         if done is None or done.stop_reason == "interrupted":
@@ -193,6 +205,8 @@ class Reply:
         # pays for a copy of itself.
         if done is None:
             return None
+        if self.conv.history is not None:  # an interrupted reply's tokens are real output too
+            self.conv.history.add(self._history_key, [*self._prompt, *done.tokens])
         return Turn(self.prompt_tokens, self.prompt_evaluated, self.draft_evaluated,
                     done.stop_reason, done.stats)
 
@@ -204,12 +218,15 @@ class Conversation:
     setting, the --k auto policy with what it measured. The KV caches live in the models.
     """
 
-    def __init__(self, gen, state_bytes: int = PROMPT_CACHE_BYTES) -> None:
-        """state_bytes: memory for saved prompt states per model (0: none kept)."""
+    def __init__(self, gen, state_bytes: int = PROMPT_CACHE_BYTES, history=None) -> None:
+        """state_bytes: memory for saved prompt states per model (0: none kept);
+        history: a core.history.DraftHistory every finished reply is added to and the
+        n-gram drafters draft from (shared by conversations: a server's slots), or None."""
         from specli.prompt import ChatTemplate
 
         self.gen = gen
         self.state_bytes = state_bytes
+        self.history = history
         self.target = gen.loaded.target
         self.template = ChatTemplate.of(self.target)
         self._policies: dict = {}  # --k auto keeps what it measured across replies
@@ -271,7 +288,8 @@ class Conversation:
     def reply(self, tokens: list[int], spec: SpecConfig, sampling: SamplingConfig,
               drafter_name: str | None = None, trace: bool = False,
               prediction: Sequence[int] | None = None, rules=None,
-              logprobs: int | None = None, grammar=None, anchored: bool = True) -> Reply:
+              logprobs: int | None = None, grammar=None, anchored: bool = True,
+              history_key: str | None = None) -> Reply:
         """Start generating the reply to `tokens` (see Reply for the protocol).
 
         `drafter_name` (model, ngram, auto) defaults to the loaded pair's own setting;
@@ -281,11 +299,13 @@ class Conversation:
         under (logit bias, penalties); `logprobs`: rounds carry each token's log-probability
         and this many alternatives; `grammar`: a core.grammar.Grammar the reply keeps to;
         `anchored`: the prediction may follow the prompt directly (False: it is only text
-        the reply may copy from, such as the code a fill-in-the-middle prompt left out).
+        the reply may copy from, such as the code a fill-in-the-middle prompt left out);
+        `history_key`: the partition of the history this reply drafts from and is added to
+        (the request's API key; None: the keyless one).
         Drafts never change what is sampled, only how fast.
         """
         return Reply(self, tokens, spec, sampling, drafter_name, trace, prediction, rules,
-                     logprobs, grammar, anchored)
+                     logprobs, grammar, anchored, history_key)
 
     def prefill(self, tokens: list[int]) -> tuple[int, float]:
         """Evaluate a prompt into the target's cache without generating (an editor's cache
@@ -307,16 +327,19 @@ class Conversation:
 
     def drafter_policy(self, spec: SpecConfig, sampling: SamplingConfig,
                        drafter_name: str | None = None, prediction: Sequence[int] | None = None,
-                       anchor: Sequence[int] = ()):
+                       anchor: Sequence[int] = (), history_key: str | None = None):
         """The drafter for this reply, warping exactly as the target does (same sampling).
 
         The model drafter is made afresh (its KV state lives in the draft model); the n-gram
         index carries over: at prefill it keeps the prefix the new prompt shares with what
         it indexed and indexes the rest, so after a retry, a reset or trimming it is never
         stale, and a growing conversation is not re-indexed from its start every reply.
+        The history, if any, is read under `history_key` (a request may not see another
+        API key's requests).
         """
         if self._ngram is not None:
             self._ngram.set_reference(None)  # a prediction is one reply's only
+            self._ngram.set_history(None)  # and so is the key it may read the history under
         if spec.k == 0:
             return None, None
         from specli.core.drafters import NgramDrafter, drafter_kind
@@ -326,6 +349,11 @@ class Conversation:
             self._ngram = NgramDrafter()
         if prediction and drafter_kind(name).lookup:
             self._ngram.set_reference(prediction, anchor)
+        # Only under --k auto, which adapts to what it measured anyway: with a fixed K the
+        # drafts, and so a sampled reply for a given seed, depend on the request alone
+        # (the same request and seed sent twice gives the same text).
+        if self.history is not None and drafter_kind(name).lookup and spec.k == "auto":
+            self._ngram.set_history(self.history, history_key)
         drafter = self.gen.drafter(sampling, name, ngram=self._ngram)
         key = (spec.k, spec.k_max, name, sampling)
         if key not in self._policies:

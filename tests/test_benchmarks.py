@@ -207,7 +207,7 @@ def test_profile_timers_charge_exclusive_time(prof):
 
 @pytest.mark.parametrize("script", ["vs_llama_cpp.py", "profile_loop.py", "ngram_headroom.py",
                                     "serve_turns.py", "agent_tools.py", "constraint_overhead.py",
-                                    "infill.py"])
+                                    "infill.py", "history_lookup.py"])
 def test_help(script):
     out = subprocess.run([sys.executable, str(BENCH_DIR / script), "--help"],
                          capture_output=True, text=True, timeout=60)

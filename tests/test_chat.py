@@ -608,6 +608,7 @@ def test_a_prediction_is_drafted_from_and_changes_nothing(loaded, paths, drafter
 
     monkeypatch.setenv("SPECLI_COST_CACHE", "off")
     s = make_session(loaded, paths, k=4, drafter=drafter, max_tokens=48)
+    s.core.history = None  # the prediction alone: earlier replies would draft these too
     prompt = s.core.tokens([{"role": "user", "content": "Hello, world! How are you today?"}])
 
     def run(prediction, k):
@@ -627,3 +628,19 @@ def test_a_prediction_is_drafted_from_and_changes_nothing(loaded, paths, drafter
     got, stats, (drafted, accepted) = run(wrong, 4)
     assert got == out and drafted >= 4 and accepted <= 2
     assert run(None, 4)[2] is None  # the next reply without one drafts from the context only
+
+
+def test_a_retry_drafts_the_reply_it_replaces_from_the_session_history(loaded, paths,
+                                                                       monkeypatch):
+    """The REPL keeps a draft history of its replies (on by default, read under --k auto):
+    /retry at temperature 0 drafts the reply it regenerates from the first one, and gets
+    it again."""
+    monkeypatch.setenv("SPECLI_COST_CACHE", "off")
+    s = make_session(loaded, paths, k="auto", drafter="ngram", max_tokens=32)
+    s.send("Hello, world! How are you today?")
+    first = s.chat.messages[-1]["tokens"]
+    assert len(s.core.history) == 1 and s.core._ngram.history_drafted == 0
+    s.handle("/retry")
+    assert s.chat.messages[-1]["tokens"] == first
+    assert s.core._ngram.history_accepted >= len(first) // 3
+    assert len(s.core.history) == 1  # the same request and reply: stored once

@@ -22,6 +22,7 @@ from specli.chat.input import PROMPT, LineCancelled, read_message
 from specli.chat.transcript import Transcript, save_transcript
 from specli.config import SamplingConfig, SpecConfig, parse_k
 from specli.conversation import Conversation, Turn
+from specli.core.history import DraftHistory
 from specli.errors import SpecliError, UsageError
 
 SHOW_MODES = ("rejected", "accepted", "plain")
@@ -98,7 +99,9 @@ class ChatSession:
                  show: str = "rejected", interactive: bool = True,
                  live_footer: bool = True, while_replying: Callable = nullcontext) -> None:
         self.gen, self.out, self.err = gen, out, err
-        self.core = Conversation(gen)  # template, tokens, KV reuse, trimming, K policies
+        # template, tokens, KV reuse, trimming, K policies; and every reply of the session
+        # drafted from (in memory only: a /reset or /retry often repeats earlier text)
+        self.core = Conversation(gen, history=DraftHistory())
         self.target = gen.loaded.target
         self._thread_changes_seen = 0  # of the thread governor's changes, already reported
         self.chat = transcript or Transcript()

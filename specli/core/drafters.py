@@ -160,8 +160,11 @@ def _top_prob(logits: np.ndarray) -> float:
 class NgramDrafter:
     """Prompt-lookup drafting: propose what followed the longest earlier match of the suffix.
 
-    q is a point mass on each proposed token, so verification accepts x with p(x) and on
-    rejection samples p with x removed (see sampling.residual).
+    Three places are looked in: the context (`index`), a request's predicted output
+    (`reference`, set_reference) and earlier requests (`history`, set_history); the match
+    agreeing furthest back drafts. q is a point mass on each proposed token, so
+    verification accepts x with p(x) and on rejection samples p with x removed (see
+    sampling.residual).
     """
 
     name = "ngram"
@@ -174,7 +177,10 @@ class NgramDrafter:
         self.index = NgramIndex(n_max=n_max, n_min=n_min, candidates=candidates)
         self.reference = None  # an NgramIndex over a predicted output (set_reference)
         self.reference_drafted = self.reference_accepted = 0  # tokens, this generation
-        self._pending: tuple[int, list[int]] | None = None  # a reference draft being verified
+        self.history, self.history_key = None, None  # earlier requests (set_history)
+        self.history_drafted = self.history_accepted = 0  # tokens, this generation
+        # (start, tokens, source) of a reference or history draft being verified
+        self._pending: tuple[int, list[int], str] | None = None
 
     def set_reference(self, tokens: Sequence[int] | None, anchor: Sequence[int] = ()) -> None:
         """Draft from `tokens` as well (a request's predicted output: what the reply is
@@ -190,19 +196,35 @@ class NgramDrafter:
             self.reference = NgramIndex(n_max=i.n_max, n_min=i.n_min, candidates=i.candidates)
             self.reference.extend([*anchor, *tokens])
 
+    def set_history(self, history, key: str | None = None) -> None:
+        """Draft from earlier requests as well: `history` is a core.history.DraftHistory
+        (shared, e.g. by a server's slots), `key` the partition this request may read (its
+        API key; None: the keyless one). A match there drafts only when it agrees further
+        back than the context's and the reference's (they are this request's own). None:
+        no history. Resets the counts."""
+        self.history, self.history_key, self._pending = history, key, None
+        self.history_drafted = self.history_accepted = 0
+
     def constrain(self, rules, start: int, constraint=None) -> None:
         pass  # point-mass drafts: the rules change p, verification accounts for it, and
         # the engine cuts a draft at the first token the grammar forbids
 
-    def _lookup(self, committed: Sequence[int], k: int) -> tuple[list[int], int, bool]:
-        """(draft, how far back its match agrees, whether it comes from the reference)."""
+    def _lookup(self, committed: Sequence[int], k: int) -> tuple[list[int], int, str]:
+        """(draft, how far back its match agrees, where it comes from: "context",
+        "reference" or "history")."""
         self.sync(committed)
         tokens, length = self.index.lookup(k)
+        source = "context"
         if self.reference is not None:
             ref_tokens, ref_length = self.reference.lookup_in(committed, k)
             if ref_length and ref_length >= length:
-                return ref_tokens, ref_length, True
-        return tokens, length, False
+                tokens, length, source = ref_tokens, ref_length, "reference"
+        if self.history is not None:  # last: the request's own sources win ties
+            h_tokens, h_length, _ = self.history.lookup(self.history_key, committed, k,
+                                                        longer_than=length)
+            if h_length:
+                tokens, length, source = h_tokens, h_length, "history"
+        return tokens, length, source
 
     def prefill(self, committed: Sequence[int]) -> None:
         """At the start of a generation: keep only the indexed prefix that still matches."""
@@ -220,22 +242,28 @@ class NgramDrafter:
         return "ngram"
 
     def match_len(self, committed: Sequence[int]) -> int:
-        """How far back the best earlier occurrence agrees with the end of `committed`."""
+        """How far back the best earlier occurrence (in the context, the reference or the
+        history: the one that would draft) agrees with the end of `committed`."""
         return self._lookup(committed, 0)[1]
 
     def propose(self, committed, k, rng, keep_drafting=None, source=None) -> Proposal:
         t0 = time.perf_counter()
-        tokens, _, from_reference = self._lookup(committed, k)
-        if from_reference and tokens:
-            self._pending = (len(committed), list(tokens))
+        tokens, _, origin = self._lookup(committed, k)
+        if origin != "context" and tokens:
+            self._pending = (len(committed), list(tokens), origin)
         return Proposal(tokens, [Dist.point(x) for x in tokens], "ngram", time.perf_counter() - t0)
 
     def rewind(self, committed: Sequence[int]) -> None:
-        if self._pending is not None:  # a reference draft was verified: count what was kept
-            start, tokens = self._pending
+        if self._pending is not None:  # a reference or history draft was verified: count it
+            start, tokens, source = self._pending
             self._pending = None
-            self.reference_drafted += len(tokens)
-            self.reference_accepted += common_prefix(tokens, committed[start:])
+            kept = common_prefix(tokens, committed[start:])
+            if source == "reference":
+                self.reference_drafted += len(tokens)
+                self.reference_accepted += kept
+            else:
+                self.history_drafted += len(tokens)
+                self.history_accepted += kept
         self.sync(committed)
 
 

@@ -50,10 +50,14 @@ def timings(stats, reply, tally, queue_ms: float) -> dict:
 
 
 def _prediction_timings(reply) -> dict:
+    out = {}
     counts = reply.prediction_counts
-    if counts is None:
-        return {}
-    return {"prediction_draft_n": counts[0], "prediction_draft_n_accepted": counts[1]}
+    if counts is not None:
+        out.update(prediction_draft_n=counts[0], prediction_draft_n_accepted=counts[1])
+    counts = getattr(reply, "history_counts", None)
+    if counts is not None:  # drafted from earlier requests' prompts and replies
+        out.update(history_draft_n=counts[0], history_draft_n_accepted=counts[1])
+    return out
 
 
 class Ids:

@@ -248,7 +248,12 @@ class Shared:
         from specli.conversation import ReplyMemory
         from specli.fim import Suggestions
 
+        from specli.core.history import DraftHistory
+
         self.lock = threading.RLock()
+        # Earlier requests' prompts and replies, drafted from by every slot (issue 27). One
+        # partition: the server has at most one API key.
+        self.history = DraftHistory()
         self.memory = ReplyMemory()  # replies' tokens, for clients re-sending the history
         self.suggestions = Suggestions()  # each editor's last completion (drafted from)
         self.infill_vocab = None  # core.sampling.InfillVocab, made on first use
@@ -270,9 +275,9 @@ class Runner:
                  shared: Shared | None = None) -> None:
         from specli.conversation import Conversation
 
-        self.core = Conversation(gen, state_bytes)
-        self.core.warm_up()  # before /health says ready
         self.shared = shared or Shared()
+        self.core = Conversation(gen, state_bytes, history=self.shared.history)
+        self.core.warm_up()  # before /health says ready
         self.memory = self.shared.memory
         self.suggestions = self.shared.suggestions
         self.group = gen.group  # llama.batch.StepGroup with --parallel, else None
