@@ -231,7 +231,8 @@ class AutoK:
         if verify_calls is not None and (len(verify_calls) != 1 or verify_calls[0][0] != k + 1):
             # several calls (strict), or one shared with other sequences (llama.batch)
             for n, seconds in verify_calls:
-                self.verify.observe(n, seconds)
+                if n <= self.verify.n_max:  # a shared call may hold another's prompt chunk
+                    self.verify.observe(n, seconds)
             verify_seconds = None  # already observed, per call
         if source == "ngram" or (source == "none" and self._source == "ngram"):
             self.ngram.observe_round(self._match_len, k, n_accepted, verify_seconds)
