@@ -4,12 +4,12 @@ official openai SDK, each answered as the target alone would answer it."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
 
 from serveutil import request
+from test_batch import together as at_once
 from test_serve import chat, specli_run, start
 
 openai = pytest.importorskip("openai")
@@ -34,28 +34,6 @@ def server(model_args, workdir):
     yield s
     assert s.stop() == 0, s.log
     assert "Traceback" not in s.log, s.log
-
-
-def at_once(calls):
-    """Run the calls on threads started together; their results, in order."""
-    out, errors = [None] * len(calls), []
-    barrier = threading.Barrier(len(calls))
-
-    def go(i, call):
-        try:
-            barrier.wait()
-            out[i] = call()
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=go, args=(i, c)) for i, c in enumerate(calls)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return out
 
 
 def test_health_reports_the_slots(server):

@@ -51,7 +51,6 @@ class _Ask:
     rows: np.ndarray | None = None
     error: BaseException | None = None
     done: bool = False
-    seconds: float = 0.0  # llama_decode time of the calls it took part in
 
 
 class StepGroup:
@@ -91,10 +90,6 @@ class StepGroup:
         with self._cv:
             others = [v for v in self._members.values() if v is not view]
         return (sum(v.verify_rows for v in others), sum(v.step_tokens for v in others))
-
-    def active(self) -> int:
-        with self._cv:
-            return len(self._members)
 
     def decode(self, ask: _Ask) -> None:
         """Wait until `ask` is decoded, decoding the step ourselves when it is due."""
@@ -181,7 +176,6 @@ def _run(parts: list[tuple[_Ask, list[int], int]]) -> None:
     for (a, tokens, r), out in zip(parts, rows):
         a.view.tokens.extend(tokens)
         a.view.decode_seconds += dt
-        a.seconds += dt
         del a.tokens[: len(tokens)]
         if not a.tokens:
             a.rows, a.done = out, True
