@@ -90,6 +90,29 @@ def test_chunks_after_a_rejection_are_never_decoded(models):
     target.reset()
 
 
+def test_strict_decodes_the_prompt_in_the_call_k0_makes(models, monkeypatch):
+    """The KV numerics of the prompt depend on the call shape that wrote them (llama.cpp):
+    strict decodes the prompt exactly as K = 0 does, with its last row, in one call."""
+    target, draft = models
+    tokens = target.tokenize(PROMPTS[0], add_special=False)
+    calls, decode = [], target.decode
+
+    def logged(toks, n_logits=1, *a, **kw):
+        calls.append((target.n_past, tuple(toks), n_logits))
+        return decode(toks, n_logits, *a, **kw)
+
+    monkeypatch.setattr(target, "decode", logged)
+    firsts = []
+    for k, chunk in ((0, None), (4, 2)):
+        target.reset()
+        calls.clear()
+        run(target, drafter_for("model", draft, GREEDY, target.n_vocab), tokens, k,
+            chunk=chunk, max_tokens=8)
+        firsts.append(calls[0])
+    assert firsts[0] == firsts[1] == (0, tuple(tokens), 1)
+    target.reset()
+
+
 @pytest.mark.parametrize("kind", ["model", "ngram", "auto"])
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_strict_greedy_equals_target_alone_for_every_k(models, kind, prompt):

@@ -155,7 +155,7 @@ def test_busy_windows_are_reported_once():
 def test_costs_measured_beside_other_work_are_not_remembered(monkeypatch):
     """policy.remember (what --k auto keeps for the next run) skips a busy generation."""
     import specli.core.costcache
-    from specli.session import Generation
+    from specli.session import Generation, _Shared
 
     kept = []
     monkeypatch.setattr(specli.core.costcache, "store_measured", lambda *a, **kw: kept.append(a))
@@ -165,6 +165,7 @@ def test_costs_measured_beside_other_work_are_not_remembered(monkeypatch):
     class Gen:  # what Generation.remember reads
         loaded = type("L", (), {"target": target, "draft": None})()
         costs = object()
+        _shared = _Shared()
 
     policy = type("P", (), {"measured": lambda self: ({}, None),
                             "model": type("M", (), {"measured_catchup": None})()})()

@@ -252,6 +252,7 @@ class _Run:
         self.rules = None  # core.logits.LogitRules: see speculative_generate
         self.logprobs = None  # alternatives per TokenLogprob, or None: see speculative_generate
         self.constraint = None  # core.grammar.Constraint: see speculative_generate
+        self._first_row = None  # strict: round 1's first row, decoded with the prompt
 
     def events(self) -> Iterator[Round | Done]:
         stop: StopReason | None = None
@@ -294,8 +295,13 @@ class _Run:
                 f"prompt is {len(self.committed)} tokens; it does not fit --ctx {self.target.n_ctx}"
             )
         self.target.reuse_prefix(self.committed)  # a chat turn re-decodes only what is new
-        if self.verify_chunk:  # strict: the prompt alone, then verify calls in chunks
-            self.target.decode(self.committed[self.target.n_past : -1], 0)
+        if self.verify_chunk:
+            # Strict: the prompt decoded as K = 0 decodes it, in one call with its last
+            # row, then the drafts in chunks. Decoding it minus its last token (as before)
+            # wrote other KV numerics for its positions than K = 0's call: on the real pair
+            # greedy output then split from K = 0's at a near-tie (token 9 of 200).
+            row = self.target.decode(self.committed[self.target.n_past :], 1)
+            self._first_row = np.array(row[0, : self.n_vocab])
         # Otherwise the prompt's new tokens are decoded with round 1's rows, in one call:
         # its last token decoded on its own costs one more pass over the weights (126 new
         # tokens at a 1,870-token context on 2 cores: 125 + 1 took 1.49-1.61 s, one batch
@@ -334,10 +340,13 @@ class _Run:
         pending = self.committed[self.target.n_past :]
         tokens = pending + prop.tokens
         if self.verify_chunk:  # strict: chunks decoded on demand inside verification
-            if len(pending) > 1:  # rows start at the last pending token (never the case
+            first, self._first_row = self._first_row, None
+            if first is not None:  # round 1: the prompt's call gave row 0
+                tokens = self.committed[-1:] + prop.tokens
+            elif len(pending) > 1:  # rows start at the last pending token (never the case
                 self.target.decode(pending[:-1], 0)  # after prefill; kept for safety)
                 tokens = tokens[len(pending) - 1 :]
-            chunked = _ChunkedRows(self.target, tokens, self.verify_chunk, self.n_vocab)
+            chunked = _ChunkedRows(self.target, tokens, self.verify_chunk, self.n_vocab, first)
             rows = self._ruled(chunked, prop)
             verdict, p_rows, uniforms = self._verify(prop, rows)
             t_verify = chunked.seconds
@@ -472,9 +481,11 @@ class _ChunkedRows:
     buffer, which the next decode call overwrites.
     """
 
-    def __init__(self, target, tokens: Sequence[int], chunk: int, n_vocab: int) -> None:
+    def __init__(self, target, tokens: Sequence[int], chunk: int, n_vocab: int,
+                 first: np.ndarray | None = None) -> None:
+        """`first`: row 0, when tokens[0] is already decoded (the prompt's call)."""
         self.target, self.tokens, self.chunk, self.n_vocab = target, list(tokens), chunk, n_vocab
-        self.rows: list[np.ndarray] = []
+        self.rows: list[np.ndarray] = [] if first is None else [first]
         self.calls: list[tuple[int, float]] = []  # (tokens, seconds) per decode call
         self.seconds = 0.0
 
