@@ -414,3 +414,109 @@ def test_without_a_history_nothing_changes(conversation_pair, tiny_target, monke
         done = next(ev for ev in reply.events if isinstance(ev, Done))
         reply.finish(done)
         assert reply.history_counts is None and conv._ngram.history is None
+
+
+# --- on disk: --draft-history --------------------------------------------------------------
+class _Vocab:
+    """What vocab_stamp reads of a model."""
+
+    def __init__(self, n_vocab: int, salt: bytes = b"") -> None:
+        self.n_vocab, self.salt = n_vocab, salt
+
+    def token_bytes(self, t: int) -> bytes:
+        return self.salt + str(t).encode()
+
+
+def test_a_history_file_belongs_to_one_vocabulary(tmp_path):
+    from specli.core.history import open_history, save_history, vocab_stamp
+    from specli.errors import UsageError
+
+    path = tmp_path / "h.json"
+    mine, other = _Vocab(1000), _Vocab(1000, salt=b"x")
+    assert vocab_stamp(mine) == vocab_stamp(_Vocab(1000)) != vocab_stamp(other)
+    h = open_history(path, mine)  # no file yet: empty, written back later
+    assert len(h) == 0 and not path.exists()
+    h.add(None, unique(40, 10))
+    assert save_history(h) is None and path.exists()
+    again = open_history(path, mine)
+    assert len(again) == 1 and again.lookup(None, unique(40, 10)[:20], 4)[0] == unique(4, 30)
+    with pytest.raises(UsageError, match="another model's vocabulary"):
+        open_history(path, other)
+    path.write_bytes(b"\xff\xfe not json")
+    with pytest.raises(UsageError, match="not a saved draft history"):
+        open_history(path, mine)
+
+
+def test_without_a_file_nothing_is_written(tmp_path):
+    from specli.core.history import open_history, save_history
+
+    h = open_history(None, _Vocab(10))
+    h.add(None, unique(40, 10))
+    assert h.path is None and save_history(h) is None and list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_history_file_is_a_warning_not_a_crash(tmp_path):
+    from specli.core.history import open_history, save_history
+
+    path = tmp_path / "sub" / "h.json"
+    (tmp_path / "sub").mkdir()
+    h = open_history(path, _Vocab(10))
+    (tmp_path / "sub").rmdir()  # gone before the save
+    assert "could not save the draft history" in save_history(h)
+
+
+@pytest.mark.parametrize("command", ["serve", "chat"])
+@pytest.mark.parametrize("where", ["folder", "no-folder"])
+def test_a_bad_draft_history_path_is_a_one_line_error(tiny_target, tmp_path, command, where):
+    import subprocess
+
+    path = tmp_path if where == "folder" else tmp_path / "missing" / "h.json"
+    r = subprocess.run([sys.executable, "-m", "specli", command, "--target", tiny_target,
+                        "--k", "0", "--draft-history", str(path)], capture_output=True,
+                       text=True, timeout=60, input="")
+    assert r.returncode == 2, r.stderr
+    assert "--draft-history" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_keeps_its_draft_history_between_runs(tiny_target, tmp_path):
+    """A server stopped and started again with the same --draft-history drafts a repeated
+    request from what the first run wrote (and answers it the same)."""
+    import json as _json
+
+    from serveutil import request
+    from test_serve import start
+
+    path = tmp_path / "history.json"
+    args = ["--target", tiny_target, "--threads", "1", "--ctx", "512", "--k", "auto",
+            "--draft-history", str(path)]
+    body = {"messages": [{"role": "user", "content": "Write a haiku about the sea"}],
+            "temperature": 0, "max_tokens": 48}
+    replies = []
+    for run in ("first", "second"):
+        s = start(args, tmp_path, run)
+        status, _, raw = request(s, "POST", "/v1/chat/completions", body)
+        assert status == 200, raw
+        replies.append(_json.loads(raw))
+        assert s.stop() == 0 and "Traceback" not in s.log, s.log
+        assert path.exists()
+    first, second = (r["timings"] for r in replies)
+    assert first.get("history_draft_n", 0) == 0  # nothing earlier to draft from
+    assert second["history_draft_n"] > 0 and second["history_draft_n_accepted"] > 0
+    assert replies[0]["choices"][0]["message"] == replies[1]["choices"][0]["message"]
+    saved = _json.loads(path.read_text())
+    assert saved["format"].startswith("specli-draft-history") and len(saved["documents"]) == 1
+
+
+def test_chat_writes_its_draft_history_at_exit_and_reads_it_next_time(tiny_target, tmp_path):
+    import json as _json
+    import subprocess
+
+    path = tmp_path / "chat-history.json"
+    argv = [sys.executable, "-m", "specli", "chat", "--target", tiny_target, "--threads", "1",
+            "--ctx", "512", "--temperature", "0", "-n", "24", "--draft-history", str(path)]
+    for n, line in enumerate(["Write a haiku about the sea", "List three colours",
+                              "Write a haiku about the sea"], start=1):
+        r = subprocess.run(argv, input=line + "\n", capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        # each session adds its turn to what the earlier ones wrote (a repeat: stored once)
+        assert len(_json.loads(path.read_text())["documents"]) == min(n, 2)

@@ -97,11 +97,13 @@ class ChatSession:
     def __init__(self, gen, *, out, err, system: str | None = None,
                  transcript: Transcript | None = None, save_path: Path | None = None,
                  show: str = "rejected", interactive: bool = True,
-                 live_footer: bool = True, while_replying: Callable = nullcontext) -> None:
+                 live_footer: bool = True, while_replying: Callable = nullcontext,
+                 history: DraftHistory | None = None) -> None:
         self.gen, self.out, self.err = gen, out, err
         # template, tokens, KV reuse, trimming, K policies; and every reply of the session
-        # drafted from (in memory only: a /reset or /retry often repeats earlier text)
-        self.core = Conversation(gen, history=DraftHistory())
+        # drafted from (a /reset or /retry often repeats earlier text; in memory only
+        # unless --draft-history gave a file)
+        self.core = Conversation(gen, history=history if history is not None else DraftHistory())
         self.target = gen.loaded.target
         self._thread_changes_seen = 0  # of the thread governor's changes, already reported
         self.chat = transcript or Transcript()

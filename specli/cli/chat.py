@@ -29,6 +29,8 @@ Examples:
   printf 'Hi\\nWrite a haiku\\n' | specli chat --temperature 0  # scripted
 
   specli chat --html reply.html                              # a trace page of each reply
+
+  specli chat --draft-history chat-history.json              # draft from earlier sessions' replies
 """
 
 
@@ -48,11 +50,19 @@ def chat_cmd(
     html_file: Annotated[Optional[Path], typer.Option(
         "--html", help="After every reply, write a self-contained HTML trace of that reply to FILE (tokens with p, q and the draws behind each verdict, charts, stats).",
         rich_help_panel="Output")] = None,
+    draft_history: Annotated[Optional[Path], typer.Option(
+        "--draft-history", metavar="FILE",
+        help="Keep what --k auto drafts from earlier replies in FILE between sessions: read "
+        "at start if it exists, written at exit. Without it, that history lives in memory only.",
+        rich_help_panel="Conversation")] = None,
 ) -> None:
     from specli.chat import (ChatSession, load_transcript, no_echo, save_transcript,
                              stream_reader, terminal_reader)
 
+    from specli.core.history import check_history_path, open_history, save_history
+
     check_show(show)
+    check_history_path(draft_history)
     transcript = load_transcript(load) if load is not None else None  # fail before loading models
     for opt, path in (("--save", save), ("--html", html_file)):
         if path is not None and not path.parent.resolve().is_dir():
@@ -60,10 +70,11 @@ def chat_cmd(
     interactive = sys.stdin.isatty()
     out, err = consoles(plain=plain)
     with open_session(err, opts) as gen:
+        history = open_history(draft_history, gen.loaded.target)
         session = ChatSession(gen, out=out, err=err, system=system, transcript=transcript,
                               save_path=save, show="plain" if plain else show,
                               interactive=interactive, live_footer=not plain,
-                              while_replying=lambda: no_echo(sys.stdin))
+                              while_replying=lambda: no_echo(sys.stdin), history=history)
         if html_file is not None:
             _trace_replies(session, gen, html_file)
         if interactive:
@@ -73,7 +84,12 @@ def chat_cmd(
             read = stream_reader(sys.stdin)
         if save is not None and transcript is not None:
             save_transcript(save, session.chat)
-        session.run(read)
+        try:
+            session.run(read)
+        finally:
+            problem = save_history(history)
+            if problem:
+                err.print(f"warning: {problem}", style="yellow", markup=False)
 
 
 def _trace_replies(session, gen, path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
@@ -26,6 +27,8 @@ Examples:
   specli serve --port 9000 --max-tokens 2048
 
   specli serve --parallel 4       # 4 clients at once, batched in one context
+
+  specli serve --draft-history ~/.cache/specli/history.json   # draft from earlier runs' requests too
 
   SPECLI_API_KEY=secret specli serve --host 0.0.0.0
 
@@ -75,6 +78,12 @@ def serve_cmd(
         "the whole step). 'auto': as many as this machine's measured verify costs say pay "
         "(1 until `specli doctor` or a run has measured them).",
         rich_help_panel="Server")] = "auto",
+    draft_history: Annotated[Optional[Path], typer.Option(
+        "--draft-history", metavar="FILE",
+        help="Keep what is drafted from earlier requests (their prompts and replies) in FILE "
+        "between runs: read at start if it exists, written when the server stops. Without "
+        "it, that history lives in memory only.",
+        rich_help_panel="Server")] = None,
     allow_host: Annotated[Optional[List[str]], typer.Option(
         "--allow-host", help="A host name to answer besides localhost and loopback addresses "
         "(repeatable), such as a reverse proxy's that passes its Host header on. On loopback, "
@@ -83,14 +92,17 @@ def serve_cmd(
 ) -> None:
     from specli.server.main import serve
 
+    from specli.core.history import check_history_path
+
     _, err = consoles()
     n = _parallel(parallel)
+    check_history_path(draft_history)
     opts = dataclasses.replace(opts, parallel=n)
 
     serve(lambda: open_session(err, opts), host=host, port=port, api_key=api_key or None, max_queue=max_queue,
           allow_open=allow_open, cache_mb=cache_mb, allow_origins=tuple(allow_origin or ()),
           allow_hosts=tuple(allow_host or ()), on_listening=lambda url: _banner(url, api_key),
-          parallel=n,
+          parallel=n, history_path=draft_history,
           on_ready=_ready)
 
 

@@ -44,7 +44,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["DraftHistory", "DEFAULT_MAX_TOKENS"]
+__all__ = ["DraftHistory", "DEFAULT_MAX_TOKENS", "check_history_path", "open_history", "save_history", "vocab_stamp"]
 
 DEFAULT_MAX_TOKENS = 200_000  # ~45 MiB at worst (see above): a few agent sessions' worth
 _STRIDE = 1 << 32  # a stored position is doc_id * _STRIDE + p: one int, sortable by doc
@@ -124,6 +124,8 @@ class DraftHistory:
         self._lru: OrderedDict[int, str | None] = OrderedDict()  # doc id -> part, oldest use first
         self._total = 0  # tokens stored, all keys together
         self._next_id = 0
+        self.path: Path | None = None  # the file it is saved to (open_history), if any
+        self.vocab: str | None = None  # the vocabulary's stamp written with it
 
     # --- size -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -294,28 +296,89 @@ class DraftHistory:
         return draft, voters
 
     # --- on disk (only when asked) ----------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Write every document (keys as digests only), least recently used first."""
+    def save(self, path: str | os.PathLike, vocab: str | None = None) -> None:
+        """Write every document (keys as digests only), least recently used first.
+        `vocab`: the tokenizer's stamp (vocab_stamp), which load checks."""
         with self._lock:
             docs = [{"key": pid, "tokens": self._parts[pid].docs[doc_id].tolist()}
                     for doc_id, pid in self._lru.items()]
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"format": _FORMAT, "documents": docs}))
+        tmp.write_text(json.dumps({"format": _FORMAT, "vocab": vocab, "documents": docs}))
         os.replace(tmp, path)  # a reader never sees half a file
 
-    def load(self, path: str | os.PathLike) -> None:
+    def load(self, path: str | os.PathLike, vocab: str | None = None) -> None:
         """Add the documents of a file `save` wrote, keeping their order of use (the most
-        recent survive when they do not all fit). ValueError for another kind of file."""
-        data = json.loads(Path(path).read_text())
+        recent survive when they do not all fit). ValueError for another kind of file, or
+        one saved under another tokenizer than `vocab` (its token ids mean other text)."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            data = None
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a saved draft history")
+        if vocab is not None and data.get("vocab") not in (None, vocab):
+            raise ValueError(f"{path} was saved with another model's vocabulary; "
+                             "use another file for this model")
         for saved in data["documents"]:
             doc = self._document([int(t) for t in saved["tokens"]])
             if doc is not None:
                 grams = self._grams(doc)
                 with self._lock:
                     self._add(saved["key"], doc, grams)  # the key is stored as its digest
+
+
+def vocab_stamp(model) -> str:
+    """A short digest of `model`'s vocabulary (its size and every 97th token's bytes): a
+    saved history's token ids are only worth drafting from under the same tokenizer."""
+    h = hashlib.sha256(str(model.n_vocab).encode())
+    for t in range(0, model.n_vocab, 97):
+        h.update(model.token_bytes(t) + b"\0")
+    return h.hexdigest()[:16]
+
+
+def check_history_path(path: str | os.PathLike | None) -> None:
+    """--draft-history FILE, before anything loads: UsageError unless FILE is a file or
+    can become one (its folder exists)."""
+    from specli.errors import UsageError
+
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"--draft-history: {p} is a folder; give a file")
+    if not p.exists() and not p.parent.is_dir():
+        raise UsageError(f"--draft-history: the folder {p.parent} does not exist")
+
+
+def open_history(path: str | os.PathLike | None, model) -> DraftHistory:
+    """A DraftHistory for `model`'s tokens, with what `path` holds if it exists (serve and
+    chat --draft-history; `save_history` writes it back). UsageError, one line, for a file
+    that is not one or belongs to another vocabulary."""
+    from specli.errors import UsageError
+
+    history = DraftHistory()
+    if path is None:
+        return history
+    history.path, history.vocab = Path(path), vocab_stamp(model)
+    if history.path.exists():
+        try:
+            history.load(path, history.vocab)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"--draft-history: {e}") from None
+    return history
+
+
+def save_history(history: DraftHistory) -> str | None:
+    """Write `history` back to the file it was opened from (nothing if none): None, or the
+    error in one line."""
+    if history.path is None:
+        return None
+    try:
+        history.save(history.path, history.vocab)
+    except OSError as e:
+        return f"could not save the draft history to {history.path}: {e.strerror or e}"
+    return None
 
 
 def _digest(key: str | None) -> str | None:

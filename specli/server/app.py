@@ -38,8 +38,10 @@ class ServerState:
 
     def __init__(self, *, api_key: str | None, max_queue: int, log,
                  state_bytes: int = PROMPT_CACHE_BYTES, access: Access = Access(),
-                 parallel: int = 1) -> None:
+                 parallel: int = 1, history_path=None) -> None:
         self.api_key = api_key
+        self.history_path = history_path  # --draft-history FILE, or None
+        self.history = None  # core.history.DraftHistory, once loaded
         self.access = access
         self.log = log
         self.state_bytes = state_bytes  # saved prompt states, per model (promptcache)
@@ -52,7 +54,10 @@ class ServerState:
 
     def set_ready(self, gen) -> None:
         """The models are loaded: build the runner and start answering."""
-        self.scheduler.set_runners(make_runners(gen, self.log, self.state_bytes))
+        from specli.core.history import open_history
+
+        self.history = open_history(self.history_path, gen.loaded.target)
+        self.scheduler.set_runners(make_runners(gen, self.log, self.state_bytes, self.history))
         if self.scheduler.runner.core.template.is_fallback:
             self.log("warning: the target has no chat template; using a plain "
                      "'User:/Assistant:' format")

@@ -128,7 +128,8 @@ def serve(open_gen: Callable[[], ContextManager], *, host: str, port: int,
           allow_hosts: tuple[str, ...] = (),
           on_listening: Callable[[str], None] = lambda url: None,
           on_ready: Callable[[object], None] = lambda gen: None,
-          log: Callable[[str], None] = stderr_log, parallel: int = 1) -> None:
+          log: Callable[[str], None] = stderr_log, parallel: int = 1,
+          history_path=None) -> None:
     """Serve until SIGINT/SIGTERM. `open_gen()` loads the pair (a context manager)."""
     if max_queue < 0:
         raise UsageError(f"--max-queue must be >= 0, got {max_queue}")
@@ -144,7 +145,7 @@ def serve(open_gen: Callable[[], ContextManager], *, host: str, port: int,
     sock = bind(host, port)
     state = ServerState(api_key=api_key, max_queue=max_queue, log=log,
                         state_bytes=cache_mb * 2**20, access=access,
-                        parallel=max(1, parallel))
+                        parallel=max(1, parallel), history_path=history_path)
     config = uvicorn.Config(build_app(state), log_level="warning", access_log=False,
                             lifespan="off", timeout_graceful_shutdown=GRACE_S)
     server = _Server(config, on_stop=state.scheduler.close)
@@ -156,6 +157,12 @@ def serve(open_gen: Callable[[], ContextManager], *, host: str, port: int,
     finally:
         state.scheduler.close()
         state.scheduler.join()  # the running generation stops at its next round
+        if state.history is not None:  # --draft-history: kept for the next run
+            from specli.core.history import save_history
+
+            problem = save_history(state.history)
+            if problem:
+                log(f"warning: {problem}")
         loader.join()  # a load in progress finishes, so that its models can be closed
         loader.stack.close()
         sock.close()

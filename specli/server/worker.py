@@ -244,7 +244,7 @@ class Shared:
     """What every slot's runner shares: the replies' tokens, the editors' last
     suggestions, the infill sampler's vocabulary, and a lock over them."""
 
-    def __init__(self) -> None:
+    def __init__(self, history=None) -> None:
         from specli.conversation import ReplyMemory
         from specli.fim import Suggestions
 
@@ -252,18 +252,20 @@ class Shared:
 
         self.lock = threading.RLock()
         # Earlier requests' prompts and replies, drafted from by every slot (issue 27). One
-        # partition: the server has at most one API key.
-        self.history = DraftHistory()
+        # partition: the server has at most one API key. On disk only with --draft-history.
+        self.history = history if history is not None else DraftHistory()
         self.memory = ReplyMemory()  # replies' tokens, for clients re-sending the history
         self.suggestions = Suggestions()  # each editor's last completion (drafted from)
         self.infill_vocab = None  # core.sampling.InfillVocab, made on first use
 
 
-def make_runners(gen, log: Callable[[str], None], state_bytes: int) -> list["Runner"]:
-    """A runner per slot of the loaded pair (gen.slots()), sharing one Shared; the saved
-    prompt states' memory is split between them."""
+def make_runners(gen, log: Callable[[str], None], state_bytes: int,
+                 history=None) -> list["Runner"]:
+    """A runner per slot of the loaded pair (gen.slots()), sharing one Shared (over
+    `history`, a core.history.DraftHistory, if given); the saved prompt states' memory is
+    split between them."""
     slots = gen.slots()
-    shared = Shared()
+    shared = Shared(history)
     return [Runner(g, log, state_bytes // len(slots), shared) for g in slots]
 
 
