@@ -47,6 +47,7 @@ from serve_vs_llama_server import (EDIT_HELDOUT, SAMPLING, Client, free_port,  #
                                    llama_env, resolve_models, running)
 
 FOLLOW_UP = "Now show the whole file again with that change applied."
+DRAFT_KEYS = ("draft_n", "draft_n_accepted", "history_draft_n", "history_draft_n_accepted")
 
 
 def code_jobs(limit: int) -> list[list[dict]]:
@@ -74,7 +75,10 @@ def ask(client: Client, b: dict) -> dict:
     if status != 200:
         return {"ok": False, "status": status, "wall_s": wall}
     n = r["usage"]["completion_tokens"]
-    return {"ok": True, "wall_s": wall, "tokens": n, "text": r["choices"][0]["message"]["content"]}
+    t = r.get("timings") or {}
+    drafts = {key: t.get(key) or 0 for key in DRAFT_KEYS}  # specli's and llama-server's names
+    return {"ok": True, "wall_s": wall, "tokens": n, "text": r["choices"][0]["message"]["content"],
+            **drafts}
 
 
 def one_pass(url: str, workload: str, clients: int, a, temperature: float, k=None) -> dict:
@@ -131,7 +135,8 @@ def one_pass(url: str, workload: str, clients: int, a, temperature: float, k=Non
             "agg_tok_s": sum(r["tokens"] for r in ok) / wall if wall else 0.0,
             "p50_s": pct(lat, 50), "p95_s": pct(lat, 95),
             "req_tok_s": statistics.median(r["tokens"] / r["wall_s"] for r in ok) if ok else None,
-            "texts": [r.get("text") for r in rows]}
+            "texts": [r.get("text") for r in rows],
+            **{key: sum(r.get(key, 0) for r in ok) for key in DRAFT_KEYS}}
 
 
 def pct(xs, q):
@@ -210,7 +215,9 @@ def main(argv=None) -> None:
                             results.append(row)
                             print(f"C={c} {workload:5} T={temp} {label:14} agg {row['agg_tok_s']:6.2f} tok/s"
                                   f"  p50 {row['p50_s']:.1f} s  p95 {row['p95_s']:.1f} s"
-                                  f"  req {row['req_tok_s'] or 0:.2f} tok/s  ok {row['ok']}/{row['requests']}",
+                                  f"  req {row['req_tok_s'] or 0:.2f} tok/s  ok {row['ok']}/{row['requests']}"
+                                  f"  drafts {row['draft_n_accepted']}/{row['draft_n']}"
+                                  f" (history {row['history_draft_n_accepted']}/{row['history_draft_n']})",
                                   flush=True)
     print(f"load average after: {os.getloadavg()}", file=sys.stderr)
     if a.json:
