@@ -51,7 +51,6 @@ class _Ask:
     rows: np.ndarray | None = None
     error: BaseException | None = None
     done: bool = False
-    wake: threading.Condition | None = None  # its waiter's own (over the group's lock)
 
 
 class StepGroup:
@@ -60,11 +59,7 @@ class StepGroup:
     def __init__(self, first=None, prefill_share: int = SHARED_PREFILL) -> None:
         """`first`: the model whose asks are decoded first when both have some (the draft)."""
         self.first, self.prefill_share = first, prefill_share
-        # One lock; each waiting ask has a condition of its own over it, and only the
-        # asks a step decoded are woken (one condition notified on every ask woke every
-        # member 4 times a step, beside the decode on 2 cores; no step time measurably
-        # changed: the slow steps were llama.cpp's ubatch split, see LlamaModel).
-        self._lock = threading.Lock()
+        self._cv = threading.Condition()
         self._members: dict[int, "SeqView"] = {}  # member id -> its target view (load stats)
         self._asks: list[_Ask] = []
         self._busy = False
@@ -77,14 +72,14 @@ class StepGroup:
     def member(self, view: "SeqView"):
         """While inside, this thread's decodes wait for the other members' (see module doc)."""
         key = threading.get_ident()
-        with self._lock:
+        with self._cv:
             self._members[key] = view
         try:
             yield
         finally:
-            with self._lock:
+            with self._cv:
                 self._members.pop(key, None)
-                self._wake_a_stepper()  # the others may all be waiting now
+                self._cv.notify_all()  # the others may all be waiting now
 
     def is_member(self) -> bool:
         return threading.get_ident() in self._members
@@ -92,41 +87,32 @@ class StepGroup:
     def load(self, view: "SeqView") -> tuple[int, float]:
         """(rows, tokens) the other members put into a step: their last verify rows and
         the tokens a step gives them (estimates, for pricing this sequence's drafts)."""
-        with self._lock:
+        with self._cv:
             others = [v for v in self._members.values() if v is not view]
         return (sum(v.verify_rows for v in others), sum(v.step_tokens for v in others))
 
     def decode(self, ask: _Ask) -> None:
         """Wait until `ask` is decoded, decoding the step ourselves when it is due."""
-        with self._lock:
+        with self._cv:
             self._asks.append(ask)
-            ask.wake = threading.Condition(self._lock)
+            self._cv.notify_all()
             while not ask.done:
-                if self._due():
+                if not self._busy and len(self._asks) >= len(self._members):
                     self._step()
                 else:
-                    ask.wake.wait()
+                    self._cv.wait()
         if ask.error is not None:
             raise ask.error
-
-    def _due(self) -> bool:
-        """A step can go now: every member waits for one, and none is running."""
-        return not self._busy and bool(self._asks) and len(self._asks) >= len(self._members)
-
-    def _wake_a_stepper(self) -> None:
-        """If a step is due, wake one waiter to make it (holding the lock)."""
-        if self._due():
-            self._asks[0].wake.notify()
 
     def _step(self) -> None:
         """Decode one step (called holding the condition, which it releases meanwhile)."""
         parts = self._take()
         self._busy = True
-        self._lock.release()
+        self._cv.release()
         try:
             _run(parts)
         finally:
-            self._lock.acquire()
+            self._cv.acquire()
             self._busy = False
             self.steps += 1
             self.rows += sum(len(t) for _, t, _ in parts)
@@ -134,8 +120,7 @@ class StepGroup:
             for ask, _, _ in parts:
                 if ask.done:
                     self._asks.remove(ask)
-                    ask.wake.notify()
-            self._wake_a_stepper()  # a member left meanwhile: the rest may be due
+            self._cv.notify_all()
 
     def _take(self) -> list[tuple[_Ask, list[int], int]]:
         """The asks of one step: (ask, tokens this call, logits rows this call)."""
