@@ -21,7 +21,8 @@ one of two forms, which `tools_format` tells apart from the template's source:
 
   llama3  (Llama 3.1/3.2 JSON tool calling) the whole reply is the call, optionally after
           <|python_tag|>: {"name": "get_weather", "parameters": {"city": "Paris"}};
-          several are separated by ';' or newlines. Results come back as `ipython` turns.
+          several are separated by ';' or newlines (read, never forced: Meta's templates
+          render one call per turn). Results come back as `ipython` turns.
 
 What is here:
 
@@ -31,8 +32,8 @@ What is here:
   tools_format        "hermes" | "llama3" | None for a template's source.
   parse               a finished reply -> (content, [ToolCall]).
   CallStream          the same, incrementally, as events for streaming (hermes).
-  grammar             an llguidance Lark grammar that forces hermes calls
-                      (tool_choice "required" or a named function).
+  grammar             an llguidance Lark grammar that forces calls (tool_choice "required"
+                      or a named function): hermes blocks, or one llama3 call.
 
 A call's `arguments` is always a slice of the model's text (the JSON object exactly as it
 was written), never re-serialised: streamed fragments concatenate to the same string.
@@ -579,47 +580,84 @@ def _partial_suffix(s: str, tag: str) -> int:
 # --- forcing calls --------------------------------------------------------------------------
 
 
-def grammar(tools: list[dict], choice, parallel: bool = True, special: bool = True) -> str:
-    """An llguidance Lark grammar for one call (parallel=False) or one or more, separated by
-    '\\n', each exactly as Qwen2.5's template writes them:
+def grammar(tools: list[dict], choice, parallel: bool = True, special: bool = True,
+            fmt: str = "hermes") -> str:
+    """An llguidance Lark grammar that forces the reply to be calls in the template's form.
+
+    fmt "hermes": one call (parallel=False) or one or more, separated by '\\n', each exactly
+    as Qwen2.5's template writes them:
 
         <tool_call>\\n{"name": "N", "arguments": <N's parameters schema>}\\n</tool_call>
 
+    special=True: <tool_call> and </tool_call> are the model's single special tokens
+    (Qwen2.5), written unquoted, which llguidance matches to the token (a quoted string
+    cannot match it); special=False: they are plain text. At most MAX_PARALLEL_CALLS calls:
+    under "required" a small model may otherwise go on writing calls until max_tokens
+    (parse then sees a cut block: see parse).
+
+    fmt "llama3": the whole reply is exactly one call, as Llama 3.1/3.2's templates write a
+    call back into the history (and parse(text, "llama3") reads it):
+
+        {"name": "N", "parameters": <N's parameters schema>}
+
+    One call whatever `parallel` says: parse would read several (';' or whitespace between
+    objects is unambiguous), but Meta's templates raise "This model only supports single
+    tool-calls at once!" on an assistant turn with more than one, so a forced pair would
+    make the next request fail; llama.cpp's llama3 grammar forces one call too. No
+    <|python_tag|> before it: Llama 3.1 writes that tag only before its built-in tools'
+    `name.call(...)` form, which is not a JSON call (llama.cpp's forced JSON calls go
+    without it). `special` does not apply (no tags).
+
     choice: "required" (any of the tools) or {"type": "function", "function": {"name": N}}
-    (only N; ValueError when no tool has that name). special=True: <tool_call> and
-    </tool_call> are the model's single special tokens (Qwen2.5), written unquoted, which
-    llguidance matches to the token (a quoted string cannot match it); special=False: they
-    are plain text. One rule per tool keeps each name with its own schema (embedded with
-    `%json`); a tool without a parameters schema gets NO_PARAMETERS (only `{}`). The
-    arguments' layout is bounded (JSON_LAYOUT) unless the schema has its own "x-guidance".
-    At most MAX_PARALLEL_CALLS calls: under "required" a small model may otherwise go on
-    writing calls until max_tokens (parse then sees a cut block: see parse).
+    (only N; ValueError when no tool has that name). One rule per tool keeps each name with
+    its own schema (embedded with `%json`); a tool without a parameters schema gets
+    NO_PARAMETERS (only `{}`). The arguments' layout is bounded (JSON_LAYOUT) unless the
+    schema has its own "x-guidance".
     """
-    tools = check_tools(tools)
+    chosen = _chosen(check_tools(tools), choice)
+    calls = f'({" | ".join(f"fn_{i}" for i in range(len(chosen)))})'
+    if fmt == "llama3":
+        head = ["start: call", f"call: {calls}"]
+    elif fmt == "hermes":
+        open_, close = (OPEN, CLOSE) if special else (json.dumps(OPEN), json.dumps(CLOSE))
+        head = ["start: call" + (_more_calls(MAX_PARALLEL_CALLS - 1) if parallel else ""),
+                f'call: {open_} "\\n" {calls} "\\n" {close}']
+    else:
+        raise ValueError(f"no grammar for tool-call format {fmt!r} (hermes, llama3)")
+    return "\n".join(head + _call_rules(chosen, _ARGUMENTS_KEY[fmt])) + "\n"
+
+
+# The key of a call's arguments in each form (Llama 3.x's templates write "parameters").
+_ARGUMENTS_KEY = {"hermes": "arguments", "llama3": "parameters"}
+
+
+def _chosen(tools: list[dict], choice) -> list[dict]:
+    """The tools a forced reply may call: all under "required", else the named one."""
     if choice == "required":
-        chosen = tools
-    elif (isinstance(choice, dict) and choice.get("type") == "function"
-          and isinstance(choice.get("function"), dict)):
+        return tools
+    if (isinstance(choice, dict) and choice.get("type") == "function"
+            and isinstance(choice.get("function"), dict)):
         name = choice["function"].get("name")
         chosen = [t for t in tools if t["function"]["name"] == name]
         if not chosen:
             raise ValueError(f"tool_choice.function.name: no tool named {name!r}")
-    else:
-        raise ValueError("tool_choice: must be 'required' or "
-                         '{"type": "function", "function": {"name": ...}}')
-    open_, close = (OPEN, CLOSE) if special else (json.dumps(OPEN), json.dumps(CLOSE))
-    lines = [
-        "start: call" + (_more_calls(MAX_PARALLEL_CALLS - 1) if parallel else ""),
-        f'call: {open_} "\\n" ({" | ".join(f"fn_{i}" for i in range(len(chosen)))}) "\\n" {close}',
-    ]
+        return chosen
+    raise ValueError("tool_choice: must be 'required' or "
+                     '{"type": "function", "function": {"name": ...}}')
+
+
+def _call_rules(chosen: list[dict], key: str) -> list[str]:
+    """fn_i: `{"name": "N", "<key>": ` args_i `}` and args_i: N's schema, per tool; one rule
+    per tool so that each name goes only with its own schema."""
+    lines = []
     for i, tool in enumerate(chosen):
         fn = tool["function"]
         schema = copy.deepcopy(fn.get("parameters") or NO_PARAMETERS)
         schema.setdefault("x-guidance", JSON_LAYOUT)
-        prefix = json.dumps('{"name": ' + json.dumps(fn["name"]) + ', "arguments": ')
+        prefix = json.dumps('{"name": ' + json.dumps(fn["name"]) + f', "{key}": ')
         lines.append(f'fn_{i}: {prefix} args_{i} "}}"')
         lines.append(f"args_{i}: %json {json.dumps(schema)}")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _more_calls(n: int) -> str:

@@ -12,7 +12,10 @@ from hypothesis import settings
 settings.register_profile("specli", derandomize=True, deadline=None)
 settings.load_profile("specli")
 
-from tinymodels import CHATML_TEMPLATE, N_VOCAB_PADDING, TOOLS_TEMPLATE, swapped_token_texts, write_tiny_model
+from tinymodels import (
+    CHATML_TEMPLATE, LLAMA3_TOOLS_TEMPLATE, N_VOCAB_PADDING, TOOLS_TEMPLATE, swapped_token_texts,
+    write_tiny_model,
+)
 
 TARGET_SEED = 0
 DRAFT_SEED = 1
@@ -60,6 +63,13 @@ def tiny_target_tools(tiny_models_dir: Path) -> Path:
     """The same weights and vocabulary as tiny_target, with a template that renders tools."""
     return write_tiny_model(tiny_models_dir / "target-tools.gguf", seed=TARGET_SEED,
                             chat_template=TOOLS_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def tiny_target_llama3(tiny_models_dir: Path) -> Path:
+    """tiny_target's weights and vocabulary with a Llama 3.x-style tool-calling template."""
+    return write_tiny_model(tiny_models_dir / "target-llama3.gguf", seed=TARGET_SEED,
+                            chat_template=LLAMA3_TOOLS_TEMPLATE)
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,9 @@
 """Tool calls and structured output through `specli serve` and the official openai SDK.
 
-The tiny models (random weights, a template that renders tools in Qwen2.5's Hermes form)
-cannot choose to call a tool, so here calls are forced (tool_choice required or named: a
-grammar) and every answer is checked for shape and validity. The real pair, which does
-choose, is driven in test_real_pair.py.
+The tiny models (random weights, a template that renders tools in Qwen2.5's Hermes form,
+or in Llama 3.x's JSON form) cannot choose to call a tool, so here calls are forced
+(tool_choice required or named: a grammar) and every answer is checked for shape and
+validity. The real pair, which does choose, is driven in test_real_pair.py.
 """
 
 from __future__ import annotations
@@ -259,3 +259,89 @@ def test_a_json_reply_drafts_from_the_escaped_context_without_claiming_a_predict
                                                                                   "drafter": "ngram"}})
     assert r.model_extra["timings"].get("prediction_draft_n") is not None
     assert r.usage.completion_tokens_details is None
+
+
+# --- tool calls on a Llama 3.x template ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def llama3_server(tiny_target_llama3, tiny_draft, workdir):
+    s = start(["--target", tiny_target_llama3, "--draft", tiny_draft, "--threads", "1"], workdir,
+              "llama3", "--ctx", "2048")
+    yield s
+    assert s.stop() == 0, s.log
+    assert "Traceback" not in s.log, s.log
+
+
+@pytest.fixture(scope="module")
+def llama3(llama3_server):
+    return llama3_server.client()
+
+
+READ_ONLY = {"type": "function", "function": {"name": "read_file"}}
+
+
+@pytest.mark.parametrize("k", [0, 4])
+def test_llama3_forced_calls_validate_and_stream_the_same(llama3, k):
+    """Llama 3.x's form, tool_choice required or named at T = 1 on random weights: exactly
+    one call (parallel calls allowed or not) whose arguments validate against its tool's
+    schema, finish_reason tool_calls; streamed through the SDK's accumulator with the same
+    seed, the same call (name and argument text)."""
+    for seed in range(4):
+        choice = "required" if seed % 2 == 0 else READ_ONLY
+        kw = dict(model="m", messages=ASK, tools=TOOLS, tool_choice=choice, temperature=1.0,
+                  seed=seed, max_tokens=400, extra_body={"speculative": {"k": k}},
+                  parallel_tool_calls=seed < 2)
+        out = llama3.chat.completions.create(**kw).choices[0]
+        assert out.finish_reason == "tool_calls", out
+        assert out.message.content is None and len(out.message.tool_calls) == 1
+        call = out.message.tool_calls[0]
+        valid_call(call)
+        if choice != "required":
+            assert call.function.name == "read_file"
+        with llama3.chat.completions.stream(**kw) as stream:
+            for _ in stream:
+                pass
+            final = stream.get_final_completion()
+        got = [(c.function.name, c.function.arguments) for c in final.choices[0].message.tool_calls]
+        assert got == [(call.function.name, call.function.arguments)]
+        assert final.choices[0].finish_reason == "tool_calls"
+
+
+def test_llama3_streamed_call_has_openais_shape(llama3_server):
+    """On the wire: the call's head (index, id, type, name, arguments "") then its arguments,
+    which are valid JSON for the tool; no content; finish_reason tool_calls."""
+    status, _, raw = request(llama3_server, "POST", "/v1/chat/completions", {
+        "messages": ASK, "tools": TOOLS, "tool_choice": "required", "stream": True,
+        "max_tokens": 400, "seed": 3})
+    assert status == 200
+    deltas = [json.loads(e)["choices"][0] for e in sse_events(raw)[:-1]]
+    assert not any(d["delta"].get("content") for d in deltas)
+    calls = [d["delta"]["tool_calls"][0] for d in deltas if d["delta"].get("tool_calls")]
+    head, rest = calls[0], calls[1:]
+    assert head["index"] == 0 and head["id"].startswith("call_") and head["type"] == "function"
+    assert head["function"]["arguments"] == "" and rest and all(c["index"] == 0 for c in rest)
+    args = json.loads("".join(c["function"]["arguments"] for c in rest))
+    jsonschema.validate(args, schema_of(WEATHER if head["function"]["name"] == "get_weather"
+                                        else READ))
+    assert deltas[-1]["finish_reason"] == "tool_calls"
+
+
+def test_llama3_forced_call_round_trip(llama3):
+    """A forced call, its result as a tool message, and the next turns: the template (one call
+    per assistant turn, as Meta's) renders the history back, and a further forced call on it
+    is again one valid call."""
+    r = llama3.chat.completions.create(model="m", messages=ASK, tools=TOOLS, max_tokens=400,
+                                       tool_choice="required", temperature=0)
+    msg = r.choices[0].message
+    assert r.choices[0].finish_reason == "tool_calls" and len(msg.tool_calls) == 1
+    history = ASK + [msg.model_dump(exclude_none=True)] + [
+        {"role": "tool", "tool_call_id": msg.tool_calls[0].id, "content": json.dumps({"temp": 21})}]
+    r2 = llama3.chat.completions.create(model="m", messages=history, tools=TOOLS, max_tokens=16,
+                                        temperature=0)
+    assert r2.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    assert r2.usage.prompt_tokens > r.usage.prompt_tokens
+    r3 = llama3.chat.completions.create(model="m", messages=history, tools=TOOLS, max_tokens=400,
+                                        tool_choice=READ_ONLY, temperature=0)
+    assert r3.choices[0].finish_reason == "tool_calls"
+    (call,) = r3.choices[0].message.tool_calls
+    assert call.function.name == "read_file"
+    valid_call(call)

@@ -14,7 +14,7 @@ from specli.toolcalls import (
     template_messages, tools_format,
 )
 from test_engine import models  # noqa: F401  (the tiny byte-level target and draft)
-from tinymodels import CHATML_TEMPLATE
+from tinymodels import CHATML_TEMPLATE, LLAMA3_TOOLS_TEMPLATE
 
 # llguidance.llamacpp builds its tokenizer with llama-cpp-python's deprecated per-token call.
 pytestmark = pytest.mark.filterwarnings("ignore:llama_token_get_attr is deprecated:DeprecationWarning")
@@ -540,6 +540,94 @@ def test_grammar_on_a_byte_level_vocabulary(tiny, choice, parallel, text, ok):
     if ok:  # and what it forced parses back into the calls
         _, calls = parse(text)
         assert calls and all(json.loads(c.arguments) is not None for c in calls)
+
+
+# --- grammar: Llama 3.x ----------------------------------------------------------------------
+
+LW = '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "c"}}'
+LN = '{"name": "now", "parameters": {}}'
+NOW = {"type": "function", "function": {"name": "now"}}
+LLAMA3_GRAMMAR_CASES = [
+    # (choice, parallel, text, accepted)
+    ("required", True, LW, True),
+    ("required", False, LN, True),
+    ("required", True, LW.replace('{"city"', '{ "city"').replace(', "unit"', ',\n  "unit"'), True),
+    (NOW, True, LN, True),
+    (NOW, True, LW, False),
+    ("required", True, LW + "; " + LN, False),  # one call, even with parallel calls allowed
+    ("required", True, LW + "\n" + LN, False),
+    ("required", True, LW + LN, False),
+    ("required", True, "<|python_tag|>" + LW, False),
+    ("required", True, LW.replace('"parameters"', '"arguments"'), False),
+    ("required", True, '{"type": "function", ' + LW[1:], False),
+    ("required", True, W, False),  # the hermes form
+    ("required", True, " " + LW, False),
+    ("required", True, LW + "\n", False),
+    ("required", True, "Sure! " + LW, False),
+    ("required", True, LW.replace('"get_weather"', '"nope"'), False),
+    ("required", True, LW.replace('"c"', '"k"'), False),  # not in the enum
+    ("required", True, LW.replace('"city": "Paris", ', ""), False),  # required city missing
+    ("required", True, LW.replace('"c"}', '"c", "x": 1}'), False),  # additionalProperties false
+    ("required", True, LN.replace("{}", '{"x": 1}'), False),  # no parameters: only {}
+]
+
+
+def test_llama3_grammar_text_shape():
+    lark = grammar(TOOLS, "required", fmt="llama3")
+    lines = lark.splitlines()
+    assert lines[:2] == ["start: call", "call: (fn_0 | fn_1)"]
+    assert lines[2] == r'fn_0: "{\"name\": \"get_weather\", \"parameters\": " args_0 "}"'
+    assert "tool_call" not in lark and "python_tag" not in lark and '"arguments"' not in lark
+    assert grammar(TOOLS, "required", parallel=False, special=False, fmt="llama3") == lark
+    # the schemas are embedded as the hermes grammar embeds them
+    assert [ln for ln in lines if ln.startswith("args_")] == [
+        ln for ln in grammar(TOOLS, "required").splitlines() if ln.startswith("args_")]
+    with pytest.raises(ValueError, match="tool-call format 'mistral'"):
+        grammar(TOOLS, "required", fmt="mistral")
+
+
+@pytest.mark.parametrize("choice,parallel,text,ok", LLAMA3_GRAMMAR_CASES)
+def test_llama3_grammar_on_a_byte_level_vocabulary(tiny, choice, parallel, text, ok):
+    target, tok = tiny
+    lark = grammar(TOOLS, choice, parallel=parallel, fmt="llama3")
+    assert _matcher_check(tok, target.eos, lark, target.tokenize(text, add_special=False)) is ok
+    if ok:  # and what it forced parses back into the call, whole and as the server streams it
+        from specli.toolcalls import BufferedCalls
+
+        content, calls = parse(text, "llama3")
+        assert content is None and len(calls) == 1
+        assert json.loads(calls[0].arguments) == json.loads(text)["parameters"]
+        buffered = BufferedCalls("llama3")
+        assert buffered.feed(text[:9]) == [] and buffered.feed(text[9:]) == []
+        start, args = buffered.close()
+        assert (start.index, start.name, args.fragment) == (0, calls[0].name, calls[0].arguments)
+        assert buffered.calls == [ToolCall(start.id, calls[0].name, calls[0].arguments)]
+
+
+def test_the_llama3_test_template_renders_tools_calls_and_results(tiny):
+    """The tests' Llama 3.x template (tinymodels) is classified llama3, lists the tools,
+    writes a call back in the form the grammar forces and parse reads, results as ipython
+    turns, and refuses two calls in one turn as Meta's does."""
+    from specli.errors import SpecliError
+    from specli.prompt import ChatTemplate
+
+    assert tools_format(LLAMA3_TOOLS_TEMPLATE) == "llama3"
+    tpl = ChatTemplate(LLAMA3_TOOLS_TEMPLATE, "", "", False)
+    text = tpl.render(template_messages(HISTORY), tools=check_tools(TOOLS))
+    listed = text.split("its value}.\n")[1].split("<|eot_id|>")[0].splitlines()
+    assert [json.loads(line) for line in listed] == check_tools(TOOLS)
+    call = '{"name": "get_weather", "parameters": {"city": "Paris"}}'
+    assert f"<|start_header_id|>assistant<|end_header_id|>\n\n{call}<|eot_id|>" in text
+    assert '<|start_header_id|>ipython<|end_header_id|>\n\n{"temp": 21}<|eot_id|>' in text
+    assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    _, calls = parse(call, "llama3")
+    assert [(c.name, c.arguments) for c in calls] == [("get_weather", '{"city": "Paris"}')]
+    target, tok = tiny
+    lark = grammar(TOOLS, "required", fmt="llama3")
+    assert _matcher_check(tok, target.eos, lark, target.tokenize(call, add_special=False))
+    two = [dict(HISTORY[2], tool_calls=HISTORY[2]["tool_calls"] * 2)]
+    with pytest.raises(SpecliError, match="single tool-calls"):
+        tpl.render(template_messages(HISTORY[:2] + two), tools=check_tools(TOOLS))
 
 
 # --- the real Qwen2.5 model -------------------------------------------------------------------

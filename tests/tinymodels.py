@@ -77,6 +77,31 @@ TOOLS_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Llama 3.x's tool calling (written here, shorter than Meta's 3.1 template, with its rules):
+# header tokens as plain text (this vocabulary lacks them), tools listed as JSON in a system
+# turn, a call written back as {"name": ..., "parameters": ...} (one per turn, as Meta's
+# template insists), results in `ipython` turns.
+LLAMA3_TOOLS_TEMPLATE = (
+    "{% if tools %}<|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\n"
+    "Respond in the format {\"name\": function name, \"parameters\": dictionary of argument "
+    "name and its value}.\n{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}"
+    "<|eot_id|>{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] in ('tool', 'ipython') %}"
+    "{{ '<|start_header_id|>ipython<|end_header_id|>\n\n' + message['content'] + '<|eot_id|>' }}"
+    "{% elif message.get('tool_calls') %}"
+    "{% if message['tool_calls'] | length != 1 %}"
+    "{{ raise_exception('This model only supports single tool-calls at once!') }}{% endif %}"
+    "{% set call = message['tool_calls'][0]['function'] %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": \"' + call['name'] "
+    "+ '\", \"parameters\": ' }}{{ call['arguments'] | tojson }}{{ '}<|eot_id|>' }}"
+    "{% else %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' "
+    "+ message['content'] + '<|eot_id|>' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}"
+)
+
 # Gains of the random weights (a matrix [out, in] gets std gain / sqrt(in)), chosen so
 # that greedy text does not collapse into one repeated token and temperature-1
 # sampling keeps a spread-out distribution. OUT_GAIN is about the std of the logits.

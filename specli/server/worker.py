@@ -428,20 +428,18 @@ class Runner:
 
     def _grammar(self, job: Job):
         """The job's grammar: its own (response_format, ...), or with tool_choice required
-        or a named function, a call whose arguments validate against the tool's schema."""
+        or a named function, calls in the template's form (hermes blocks, or one Llama 3.x
+        call) whose arguments validate against the tool's schema."""
         fmt = self._tools_on(job)
         if fmt is None or job.tool_choice == "auto":
             return job.grammar
         from specli.core.grammar import Grammar
-        from specli.toolcalls import grammar
+        from specli.toolcalls import OPEN, grammar
 
-        if fmt != "hermes":
-            raise bad_request(f"tool_choice: forcing a call is supported for Hermes-style "
-                              f"templates (Qwen2.5); this model's template writes calls in "
-                              f"the {fmt} form (use tool_choice auto)", "tool_choice")
-        special = len(self.core.target.tokenize("<tool_call>", add_special=False)) == 1
+        # Hermes tags are matched as the special tokens where the vocabulary has them (Qwen2.5)
+        special = fmt == "hermes" and len(self.core.target.tokenize(OPEN, add_special=False)) == 1
         return Grammar.lark(grammar(list(job.tools), job.tool_choice, job.parallel_tool_calls,
-                                    special=special), kind="tool_calls")
+                                    special=special, fmt=fmt), kind="tool_calls")
 
     def _prompt(self, job: Job):
         """The job's prompt tokens, and for fill-in-the-middle the fim.Infill they came
