@@ -284,6 +284,62 @@ def test_a_draft_that_pays_alone_may_not_pay_beside_others():
     assert policy.plan("ngram", match_len=6)[1] == alone
 
 
+def test_other_sequences_are_priced_at_one_row_and_one_token_each():
+    """A sequence prices its drafts against a step of the others at K = 0, whatever they
+    drafted last: they plan this step at the same moment, so their last rounds are no
+    forecast of it."""
+    from specli.llama.batch import SeqView, StepGroup
+
+    group = StepGroup()
+    seqs = [SeqView(model=None, seq=i, group=group) for i in range(3)]
+    seqs[1].last_rows = 26  # a long copy last step
+    inside, leave = threading.Barrier(len(seqs) + 1), threading.Event()
+
+    def generate(view):
+        with group.member(view):
+            inside.wait()
+            leave.wait()
+
+    threads = [threading.Thread(target=generate, args=(v,)) for v in seqs]
+    for t in threads:
+        t.start()
+    inside.wait()
+    try:
+        assert [group.load(v) for v in seqs] == [(2, 2.0)] * 3
+    finally:
+        leave.set()
+        for t in threads:
+            t.join()
+    assert group.load(seqs[0]) == (0, 0.0)  # alone again
+
+
+def test_history_drafts_are_priced_by_one_table_shared_by_every_slot():
+    """Drafts from earlier requests learn their acceptance in a table of their own, shared
+    by the slots and kept across replies: once history matches have failed in one slot,
+    no slot drafts from a history match of that length any more, while the same length
+    in a reply's own context still drafts (issue 27: history drafts wasted shared rows)."""
+    from specli.core.costs import SharedMatchAcceptance
+
+    table = SharedMatchAcceptance()
+    slots = [AutoK(8), AutoK(8)]
+    for policy in slots:
+        cpu_curve(policy)
+        policy.price_history(table)
+    first = slots[0]
+    assert first.plan("ngram", match_len=12, origin="history")[1] > 0  # the prior: it may pay
+    for _ in range(12):  # boilerplate matches into other replies: the first draft is wrong
+        _, k = first.plan("ngram", match_len=12, origin="history")
+        first.observe_round(k=max(k, 1), n_accepted=0, draft_seconds=0.0,
+                            verify_seconds=None, source="ngram")  # costs: the curve's
+        first.new_reply()  # the replies end; the table is kept
+    assert table.count >= 12 and first.ngram.acceptance.count == 0
+    for policy in slots:  # the other slot never drafted from the history, and knows too
+        assert policy.plan("ngram", match_len=12, origin="history")[1] == 0
+        assert policy.plan("ngram", match_len=12, origin="context")[1] > 0
+    slots[1].price_history(None)  # no history table: priced as the reply's own matches
+    assert slots[1].plan("ngram", match_len=12, origin="history")[1] > 0
+
+
 def test_a_shared_calls_cost_is_learned_at_its_whole_size():
     policy = AutoK(8)
     policy.observe_round(k=2, n_accepted=1, draft_seconds=0.01, verify_seconds=0.5,

@@ -423,6 +423,36 @@ def test_match_acceptance_learns_per_bucket_and_ignores_unjudged_drafts():
         acc.observe(match_len=3, k=2, n_accepted=3)
 
 
+def test_shared_match_acceptance_lets_evidence_win_over_untouched_priors():
+    """Rejections at one length are not averaged with the priors of lengths never judged
+    (MatchAcceptance's pooling would price them at 0.46); the fit stays non-decreasing."""
+    from specli.core.costs import SharedMatchAcceptance
+
+    pooled, shared = MatchAcceptance(), SharedMatchAcceptance()
+    for acc in (pooled, shared):
+        for _ in range(12):
+            acc.observe(match_len=12, k=4, n_accepted=0)
+    assert pooled(12) > 0.4 and shared(12) < 0.25
+    assert all(shared(n) <= shared(12) for n in (1, 2, 4, 8))  # shorter: no more likely
+    assert shared(64) == pytest.approx(pooled(64))  # longer ones keep their prior
+    for _ in range(30):
+        shared.observe(match_len=3, k=1, n_accepted=1)  # short matches that do hold
+    values = [shared(n) for n in (1, 2, 3, 4, 8, 12, 16, 64)]
+    assert values == sorted(values) and shared(3) == shared(12) > 0.5  # pooled: evidence both
+
+
+@given(st.lists(st.tuples(st.integers(1, 80), st.integers(1, 8), st.integers(0, 8)),
+                max_size=60))
+def test_shared_match_acceptance_is_always_non_decreasing(rounds):
+    from specli.core.costs import SharedMatchAcceptance
+
+    acc = SharedMatchAcceptance()
+    for length, k, n in rounds:
+        acc.observe(length, k, min(n, k))
+    values = [acc(n) for n in range(1, 130)]
+    assert values == sorted(values) and all(0.0 <= v <= 1.0 for v in values)
+
+
 def test_ngram_policy_drafts_long_on_long_matches_and_not_on_short_ones():
     verify = VerifyCost(32)
     for n in range(1, 33):

@@ -394,6 +394,8 @@ def test_a_reply_drafts_from_an_earlier_reply_and_changes_nothing(conversation_p
     assert got == out  # exact: drafts change how fast, never what
     assert drafted >= len(out) // 3 and accepted >= drafted - 4
     assert stats.rounds <= len(out) - drafted // 2
+    # their outcomes went to the history's own acceptance table, shared by every reply
+    assert history.acceptance.count >= accepted
     assert len(history) == 1  # the identical request was not stored twice
     got, _, counts = run("auto", key="another key")  # that key has no history yet
     assert got == out and counts == (0, 0)

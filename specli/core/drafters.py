@@ -57,7 +57,10 @@ class Drafter(Protocol):
 
     def next_source(self, committed: Sequence[int]) -> str: ...
 
-    def match_len(self, committed: Sequence[int]) -> int: ...
+    def match(self, committed: Sequence[int]) -> tuple[int, str]:
+        """(how far back the n-gram match that would draft agrees with the end of
+        `committed`, where that match is: "context", "reference" or "history"); (0, "")
+        for a drafter without lookup."""
 
     def propose(self, committed: Sequence[int], k: int, rng: np.random.Generator,
                 keep_drafting: StopRule | None = None, source: str | None = None) -> Proposal: ...
@@ -94,8 +97,8 @@ class ModelDrafter:
     def next_source(self, committed: Sequence[int]) -> str:
         return "model"
 
-    def match_len(self, committed: Sequence[int]) -> int:
-        return 0
+    def match(self, committed: Sequence[int]) -> tuple[int, str]:
+        return 0, ""
 
     def propose(self, committed, k, rng, keep_drafting=None, source=None) -> Proposal:
         t0 = time.perf_counter()
@@ -241,10 +244,15 @@ class NgramDrafter:
     def next_source(self, committed: Sequence[int]) -> str:
         return "ngram"
 
-    def match_len(self, committed: Sequence[int]) -> int:
+    def match(self, committed: Sequence[int]) -> tuple[int, str]:
         """How far back the best earlier occurrence (in the context, the reference or the
-        history: the one that would draft) agrees with the end of `committed`."""
-        return self._lookup(committed, 0)[1]
+        history: the one that would draft) agrees with the end of `committed`, and where
+        it is."""
+        _, length, origin = self._lookup(committed, 0)
+        return length, origin
+
+    def match_len(self, committed: Sequence[int]) -> int:
+        return self.match(committed)[0]
 
     def propose(self, committed, k, rng, keep_drafting=None, source=None) -> Proposal:
         t0 = time.perf_counter()
@@ -295,8 +303,8 @@ class HybridDrafter:
     def next_source(self, committed: Sequence[int]) -> str:
         return "ngram" if self.ngram.match_len(committed) >= self.min_match else "model"
 
-    def match_len(self, committed: Sequence[int]) -> int:
-        return self.ngram.match_len(committed)
+    def match(self, committed: Sequence[int]) -> tuple[int, str]:
+        return self.ngram.match(committed)
 
     def propose(self, committed, k, rng, keep_drafting=None, source=None) -> Proposal:
         if (source or self.next_source(committed)) == "ngram":

@@ -324,11 +324,12 @@ class _Run:
             self.policy.price_batch(*batch_load())
         if self.drafter is not None:
             source = self.drafter.next_source(self.committed)
-            match_len = self.drafter.match_len(self.committed) if source == "ngram" else 0
+            match_len, origin = (self.drafter.match(self.committed) if source == "ngram"
+                                 else (0, ""))
             model = self.drafter.draft_model
             catchup = len(self.committed) - model.n_past if model is not None else 0
             source, k = self.policy.plan(source, match_len, self.drafter.fallback,
-                                         catchup=catchup, left=left)
+                                         catchup=catchup, left=left, origin=origin)
             # Never draft past max_tokens (the target adds one token of its own) or the context.
             k = max(0, min(k, left - 1, room))
         prop = (self.drafter.propose(self.committed, k, self.rng, self.policy.keep_drafting,

@@ -44,6 +44,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
+from specli.core.costs import SharedMatchAcceptance
+
 __all__ = ["DraftHistory", "DEFAULT_MAX_TOKENS", "check_history_path", "open_history", "save_history", "vocab_stamp"]
 
 DEFAULT_MAX_TOKENS = 200_000  # ~45 MiB at worst (see above): a few agent sessions' worth
@@ -124,6 +126,10 @@ class DraftHistory:
         self._lru: OrderedDict[int, str | None] = OrderedDict()  # doc id -> part, oldest use first
         self._total = 0  # tokens stored, all keys together
         self._next_id = 0
+        # How drafts from this history fare, by match length: shared by every reply that
+        # drafts from it (a server's slots, a chat's turns), so --k auto learns it from all
+        # of them at once (policy.AutoK.price_history). Not saved with the documents.
+        self.acceptance = SharedMatchAcceptance()
         self.path: Path | None = None  # the file it is saved to (open_history), if any
         self.vocab: str | None = None  # the vocabulary's stamp written with it
 

@@ -402,24 +402,27 @@ class NgramPolicy:
         return [t if self.verify.is_measured(n) else t * self.optimism
                 for n, t in enumerate(t_v[rows : rows + self.k_max + 1], start=rows + 1)]
 
-    def rates(self, match_len: int) -> list[float]:
+    def rates(self, match_len: int, acceptance: MatchAcceptance | None = None) -> list[float]:
         """Predicted tokens per second for K = 0..k_max after a match of match_len tokens
-        (of the whole step when other sequences share it: see AutoK.price_batch)."""
+        (of the whole step when other sequences share it: see AutoK.price_batch), with
+        acceptance by `acceptance` (default: this policy's own, per reply)."""
         t_v = self._costs()
         e_o = self.verify.batch[1]
         rates, e_k, p_all = [(e_o + 1.0) / t_v[0]], 1.0, 1.0
-        for k, a in enumerate(self.acceptance.profile(match_len, self.k_max), start=1):
+        table = acceptance if acceptance is not None else self.acceptance
+        for k, a in enumerate(table.profile(match_len, self.k_max), start=1):
             p_all *= a
             e_k += p_all
             rates.append((e_o + e_k) / t_v[k])
         return rates
 
-    def best(self, match_len: int) -> tuple[int, float]:
+    def best(self, match_len: int,
+             acceptance: MatchAcceptance | None = None) -> tuple[int, float]:
         """(K, predicted rate) of the best K for this match, ties to the smaller K."""
         if match_len <= 0:
             rows, e_o = self.verify.batch
             return 0, (e_o + 1.0) / self.verify(rows + 1)
-        rates = self.rates(match_len)
+        rates = self.rates(match_len, acceptance)
         k = max(range(len(rates)), key=lambda j: (rates[j], -j))
         if rates[k] < rates[0] * (1.0 + self.margin):
             return 0, rates[0]  # a near break-even gamble loses to noise as often as it wins
@@ -433,7 +436,10 @@ class NgramPolicy:
         return 0 if k > 0 and _baseline_due(self) else k
 
     def observe_round(self, match_len: int, k: int, n_accepted: int,
-                      verify_seconds: float | None) -> None:
+                      verify_seconds: float | None,
+                      acceptance: MatchAcceptance | None = None) -> None:
+        """Learn from one round; its drafts' outcome goes to `acceptance` when they were
+        priced by it (AutoK.price_history), else to this policy's own table."""
         if verify_seconds is not None:  # None: observed per decode call (strict mode)
             self.verify.observe(k + 1, verify_seconds)
         self.rounds += 1
@@ -441,6 +447,7 @@ class NgramPolicy:
             self._since_baseline = 0
             return
         self._since_baseline += 1
-        self.acceptance.observe(match_len, k, n_accepted)
+        (acceptance if acceptance is not None else self.acceptance).observe(match_len, k,
+                                                                              n_accepted)
 
 

@@ -1,6 +1,6 @@
 """K policies: how many tokens to draft each round, and where a policy's memory comes from.
 
-A policy answers `plan(source, match_len, fallback) -> (source, K)` before each round and
+A policy answers `plan(source, match_len, fallback, origin=...) -> (source, K)` before each round and
 learns from `observe_round(...)` after it. `FixedK` is `--k N`; `AutoK` is `--k auto`, a
 policy per drafter source (`KPolicy` for model drafts, `NgramPolicy` for n-gram drafts,
 both in specli.core.kpolicy) over one shared verify-cost curve, priced with the cost
@@ -36,7 +36,8 @@ class Policy(Protocol):
     keep_drafting: StopRule | None  # None: draft all K tokens
 
     def plan(self, source: str, match_len: int = 0, fallback: str | None = None,
-             catchup: int = 0, left: int | None = None) -> tuple[str, int]: ...
+             catchup: int = 0, left: int | None = None,
+             origin: str = "context") -> tuple[str, int]: ...
 
     def observe_round(self, **measured) -> None: ...
 
@@ -49,6 +50,11 @@ class Policy(Protocol):
     def price_batch(self, rows: int, tokens: float) -> None:
         """Other sequences share the next step (llama.batch): they put `rows` tokens into
         its decode and get `tokens` from it. Price drafts by the whole step."""
+
+    def price_history(self, acceptance) -> None:
+        """Price drafts from earlier requests (origin "history") by `acceptance`, a
+        costs.MatchAcceptance shared by every reply that drafts from that history (None:
+        price them as the reply's own matches)."""
 
     def seed(self, t_verify: Mapping[int, float], t_draft: float | None = None,
              t_catchup: float | None = None) -> None:
@@ -67,7 +73,8 @@ class FixedK:
         self.k = k
 
     def plan(self, source: str, match_len: int = 0, fallback: str | None = None,
-             catchup: int = 0, left: int | None = None) -> tuple[str, int]:
+             catchup: int = 0, left: int | None = None,
+             origin: str = "context") -> tuple[str, int]:
         return source, self.k
 
     def observe_round(self, **_) -> None:
@@ -80,6 +87,9 @@ class FixedK:
         pass
 
     def price_batch(self, rows: int, tokens: float) -> None:
+        pass
+
+    def price_history(self, acceptance) -> None:
         pass
 
     def seed(self, t_verify, t_draft=None, t_catchup=None) -> None:
@@ -148,6 +158,8 @@ class AutoK:
         self._p_all = 1.0
         self._source = "model"
         self._match_len = 0
+        self._history = None  # the shared acceptance of history drafts (price_history)
+        self._table = None  # the acceptance this round's n-gram draft was priced by
 
     def new_reply(self) -> None:
         """Called before each reply of a conversation or server (see NgramPolicy.new_reply)."""
@@ -163,12 +175,24 @@ class AutoK:
         (tokens + 1) / t_v(rows + 1): speculation never slows the batch (issue 27)."""
         self.verify.set_batch(min(rows, BATCH_ROWS_MAX), tokens)
 
+    def price_history(self, acceptance) -> None:
+        """Drafts from earlier requests are priced by their own acceptance table, shared
+        by every reply and slot that drafts from the history and kept for its life: a
+        match into another request's reply (boilerplate, a shared opening) holds far less
+        often than a copy of the reply's own prompt of the same length, and one reply
+        alone sees too few of them to learn that before they have cost their rows (issue
+        27: 10 of 50 history draft tokens accepted in a 4-client pass, each rejected row
+        also slowing the other three sequences)."""
+        self._history = acceptance
+
     def plan(self, source: str, match_len: int = 0, fallback: str | None = None,
-             catchup: int = 0, left: int | None = None) -> tuple[str, int]:
+             catchup: int = 0, left: int | None = None,
+             origin: str = "context") -> tuple[str, int]:
         """(source, K) for the next round.
 
         source: what the drafter offers ("model" or "ngram"); match_len: the n-gram
-        match behind an "ngram" offer; fallback: another source the drafter can use
+        match behind an "ngram" offer; origin: where that match is ("context",
+        "reference", "history": see price_history); fallback: another source the drafter can use
         instead ("model" for the hybrid drafter); catchup: tokens the draft model must
         decode before it can draft (0: none), left: tokens still to generate (None: no
         limit): the model is not used where catching it up cannot pay in what is left.
@@ -183,7 +207,8 @@ class AutoK:
             return k
 
         if source == "ngram":
-            k, rate = self.ngram.best(match_len)
+            self._table = self._history if origin == "history" else None
+            k, rate = self.ngram.best(match_len, self._table)
             if fallback == "model":
                 k_model = model_k()
                 if k_model > 0 and self.model.rate(k_model) > rate:
@@ -235,7 +260,8 @@ class AutoK:
                     self.verify.observe(n, seconds)
             verify_seconds = None  # already observed, per call
         if source == "ngram" or (source == "none" and self._source == "ngram"):
-            self.ngram.observe_round(self._match_len, k, n_accepted, verify_seconds)
+            self.ngram.observe_round(self._match_len, k, n_accepted, verify_seconds,
+                                     acceptance=self._table)
             return
         self.model.observe_round(k, n_accepted, draft_seconds, verify_seconds,
                                  draft_probs=draft_probs if draft_probs else None,

@@ -38,7 +38,6 @@ SHARED_PREFILL = 128
 """Prompt tokens of one sequence per shared step while other sequences generate. At about
 90 prompt tokens/s for the 1.5B target on 2 cores, 128 tokens add about 1.4 s to each of
 the others' steps; the whole prompt still goes in ceil(n / 128) steps."""
-STEP_WEIGHT = 0.3  # how fast a sequence's tokens-per-step estimate follows its rounds
 
 
 @dataclass
@@ -85,11 +84,20 @@ class StepGroup:
         return threading.get_ident() in self._members
 
     def load(self, view: "SeqView") -> tuple[int, float]:
-        """(rows, tokens) the other members put into a step: their last verify rows and
-        the tokens a step gives them (estimates, for pricing this sequence's drafts)."""
+        """(rows, tokens) the other members put into a step, for pricing this sequence's
+        drafts: one row and one token each, as if they ran the target alone.
+
+        So a sequence drafts only where its drafts pay against a step of the others at
+        K = 0: the comparison the server's promise is about (never slower than --k 0).
+        Their own last rounds are no forecast of this step, since they plan it at the same
+        moment: priced beside another sequence's last 25-row copy, a 3-token match drafted
+        20 tokens as if its rows were nearly free, in a step where that copy had ended
+        (4 rows without it), and none was accepted (issue 27, 4 clients, code prompts).
+        And their tokens per step, smoothed over rounds, counted a newcomer's prompt as
+        made tokens for a dozen steps (up to 62 where 3 were right)."""
         with self._cv:
-            others = [v for v in self._members.values() if v is not view]
-        return (sum(v.verify_rows for v in others), sum(v.step_tokens for v in others))
+            n = sum(1 for v in self._members.values() if v is not view)
+        return n, float(n)
 
     def decode(self, ask: _Ask) -> None:
         """Wait until `ask` is decoded, decoding the step ourselves when it is due."""
@@ -194,9 +202,6 @@ class SeqView:
     solo: bool = False  # --strict: decoded in calls of its own (see the module doc)
     last_rows: int = 0  # tokens in the last decode call it took part in (all sequences')
     last_seconds: float = 0.0  # that call's llama_decode time
-    verify_rows: int = 1  # its last decode's tokens when rows were asked (a verification)
-    step_tokens: float = 1.0  # tokens a step gives it, smoothed
-    _verify_at: int | None = None
 
     def __getattr__(self, name: str):  # the vocabulary, n_ctx, path... are the model's
         if name.startswith("__"):
@@ -215,8 +220,6 @@ class SeqView:
         if self.n_past + n > self.model.n_ctx:
             raise ContextFullError(f"context full: {self.n_past} + {n} tokens exceed "
                                    f"--ctx {self.model.n_ctx}")
-        if n_logits:
-            self.verify_rows, self._verify_at = n, self.n_past
         ask = _Ask(self, list(tokens), n_logits)
         if n == 0:
             return np.empty((0, self.model.n_vocab), dtype=np.float32)
@@ -239,10 +242,6 @@ class SeqView:
         with self.model.lock:
             self.model.seq_rm(self.seq, n)
         del self.tokens[n:]
-        if self._verify_at is not None and n > self._verify_at:  # a round committed
-            made = n - self._verify_at
-            self.step_tokens += STEP_WEIGHT * (made - self.step_tokens)
-        self._verify_at = None
 
     def reuse_prefix(self, tokens: Sequence[int]) -> int:
         n = min(common_prefix(self.tokens, tokens), len(tokens) - 1)
