@@ -363,7 +363,7 @@ class Conversation:
         policy = self._policies[key]
         policy.new_reply()  # --k auto: costs carry over, n-gram acceptance does not
         # ... except that of drafts from the history, shared by every reply drafting from it
-        policy.price_history(self._ngram.history.acceptance
+        policy.price_history(self._ngram.history.acceptance_for(sampling)
                              if self._ngram.history is not None else None)
         return drafter, policy
 

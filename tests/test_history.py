@@ -300,6 +300,26 @@ def test_slots_sharing_one_history_from_threads():
     check_index(h)
 
 
+def test_history_drafts_are_learned_per_sampling_setting():
+    """Greedy settings share one table; a sampled one learns its own (a point-mass draft is
+    kept with the target's probability of it); the tables are bounded."""
+    from specli.config import SamplingConfig
+    from specli.core.history import MAX_ACCEPTANCE_TABLES
+
+    h = DraftHistory()
+    greedy = h.acceptance_for(SamplingConfig(temperature=0.0))
+    assert h.acceptance_for(SamplingConfig(temperature=0.0, top_k=5)) is greedy
+    assert h.acceptance_for(None) is greedy
+    warm = h.acceptance_for(SamplingConfig(temperature=0.8))
+    assert warm is not greedy and h.acceptance_for(SamplingConfig(temperature=0.8)) is warm
+    warm.observe(match_len=12, k=4, n_accepted=0)
+    assert greedy.count == 0
+    for i in range(MAX_ACCEPTANCE_TABLES):
+        h.acceptance_for(SamplingConfig(temperature=1.0 + i))
+    assert h.acceptance_for(SamplingConfig(temperature=0.8)) is not warm  # least recently used
+    assert len(h._acceptance) == MAX_ACCEPTANCE_TABLES
+
+
 # --- the n-gram drafter reading it ------------------------------------------------------------
 
 
@@ -395,7 +415,7 @@ def test_a_reply_drafts_from_an_earlier_reply_and_changes_nothing(conversation_p
     assert drafted >= len(out) // 3 and accepted >= drafted - 4
     assert stats.rounds <= len(out) - drafted // 2
     # their outcomes went to the history's own acceptance table, shared by every reply
-    assert history.acceptance.count >= accepted
+    assert history.acceptance_for(conv.gen.sampling).count >= accepted
     assert len(history) == 1  # the identical request was not stored twice
     got, _, counts = run("auto", key="another key")  # that key has no history yet
     assert got == out and counts == (0, 0)

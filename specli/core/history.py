@@ -49,6 +49,7 @@ from specli.core.costs import SharedMatchAcceptance
 __all__ = ["DraftHistory", "DEFAULT_MAX_TOKENS", "check_history_path", "open_history", "save_history", "vocab_stamp"]
 
 DEFAULT_MAX_TOKENS = 200_000  # ~45 MiB at worst (see above): a few agent sessions' worth
+MAX_ACCEPTANCE_TABLES = 16  # sampling settings whose history-draft acceptance is kept
 _STRIDE = 1 << 32  # a stored position is doc_id * _STRIDE + p: one int, sortable by doc
 _FORMAT = "specli-draft-history/1"
 
@@ -126,12 +127,33 @@ class DraftHistory:
         self._lru: OrderedDict[int, str | None] = OrderedDict()  # doc id -> part, oldest use first
         self._total = 0  # tokens stored, all keys together
         self._next_id = 0
-        # How drafts from this history fare, by match length: shared by every reply that
-        # drafts from it (a server's slots, a chat's turns), so --k auto learns it from all
-        # of them at once (policy.AutoK.price_history). Not saved with the documents.
-        self.acceptance = SharedMatchAcceptance()
+        self._acceptance: OrderedDict[object, SharedMatchAcceptance] = OrderedDict()
         self.path: Path | None = None  # the file it is saved to (open_history), if any
         self.vocab: str | None = None  # the vocabulary's stamp written with it
+
+    # --- how its drafts fare -------------------------------------------------------------
+    def acceptance_for(self, sampling) -> SharedMatchAcceptance:
+        """How drafts from this history fare under `sampling` (a config.SamplingConfig;
+        every greedy setting is one), by match length: one table per setting, shared by
+        every reply that drafts from the history under it (a server's slots, a chat's
+        turns), so --k auto learns it from all of them at once (AutoK.price_history).
+
+        Per setting, since a point-mass draft is kept with the target's probability of it:
+        the same match that a greedy reply copies whole is cut short at T = 0.8 (4 clients,
+        code prompts: 117 of 224 history draft tokens kept at T = 0.8 after a greedy pass had
+        taught one shared table that they hold). At most MAX_ACCEPTANCE_TABLES settings are
+        kept, the least recently used dropped. Not saved with the documents.
+        """
+        key = "greedy" if sampling is None or sampling.greedy else sampling
+        with self._lock:
+            table = self._acceptance.get(key)
+            if table is None:
+                table = self._acceptance[key] = SharedMatchAcceptance()
+                while len(self._acceptance) > MAX_ACCEPTANCE_TABLES:
+                    self._acceptance.popitem(last=False)
+            else:
+                self._acceptance.move_to_end(key)
+            return table
 
     # --- size -------------------------------------------------------------------------
     def __len__(self) -> int:
