@@ -41,13 +41,18 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("serve-tools")
 
 
-@pytest.fixture(scope="module")
-def server(tiny_target_tools, tiny_draft, workdir):
-    s = start(["--target", tiny_target_tools, "--draft", tiny_draft, "--threads", "1"], workdir,
-              "tools", "--ctx", "2048")
+def serving(target, draft, workdir, name):
+    """A server on the tiny pair under `target`'s template, stopped cleanly afterwards."""
+    s = start(["--target", target, "--draft", draft, "--threads", "1"], workdir, name,
+              "--ctx", "2048")
     yield s
     assert s.stop() == 0, s.log
     assert "Traceback" not in s.log, s.log
+
+
+@pytest.fixture(scope="module")
+def server(tiny_target_tools, tiny_draft, workdir):
+    yield from serving(tiny_target_tools, tiny_draft, workdir, "tools")
 
 
 @pytest.fixture(scope="module")
@@ -264,11 +269,7 @@ def test_a_json_reply_drafts_from_the_escaped_context_without_claiming_a_predict
 # --- tool calls on a Llama 3.x template ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def llama3_server(tiny_target_llama3, tiny_draft, workdir):
-    s = start(["--target", tiny_target_llama3, "--draft", tiny_draft, "--threads", "1"], workdir,
-              "llama3", "--ctx", "2048")
-    yield s
-    assert s.stop() == 0, s.log
-    assert "Traceback" not in s.log, s.log
+    yield from serving(tiny_target_llama3, tiny_draft, workdir, "llama3")
 
 
 @pytest.fixture(scope="module")
