@@ -173,6 +173,20 @@ def test_warp_matches_dense_reference(logits, temp, top_k, top_p, min_p):
     np.testing.assert_allclose(got, reference_warp(x, cfg), atol=1e-9)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 60), st.integers(1, 50), st.floats(0.3, 1.5))
+def test_warp_under_a_grammar_mask_matches_dense_reference(seed, allowed, top_k, temp):
+    """Most logits -inf (a grammar's mask), so whole top-k chunks are masked: the same
+    distribution as the dense reference, whether fewer, as many or more ids than k are
+    allowed, ties included."""
+    rng = np.random.default_rng(seed)
+    x = np.full(3000, -np.inf, dtype=np.float32)
+    ids = rng.choice(3000, size=allowed, replace=False)
+    x[ids] = rng.integers(-3, 4, size=allowed).astype(np.float32)  # ties across the boundary
+    cfg = SamplingConfig(temperature=temp, top_k=top_k, top_p=0.95, min_p=0.05)
+    np.testing.assert_allclose(dense(warp(x, cfg), len(x)), reference_warp(x, cfg), atol=1e-9)
+
+
 def test_warp_is_applied_identically_to_p_and_q():
     """The same logits and config give the same distribution whichever model they came from,
     and a draft with equal logits is therefore always accepted."""

@@ -169,6 +169,11 @@ def _top_k_ids(logits: np.ndarray, k: int) -> np.ndarray:
     (n // k) * k logits into k chunks; their k maxima are k distinct entries, so the
     k-th largest logit is at least the smallest chunk maximum, and every entry of the
     top k (ties included) is >= it. About 15x faster than argpartition over 151,936.
+
+    Under a grammar most logits are -inf, a whole chunk can be masked, and the floor is
+    then -inf: only the allowed ids compete (all of them when k or fewer are allowed; the
+    masked ones would get probability 0 anyway). Partitioning all 151,936 with their -inf
+    ties took 5.6 ms a row, a sixth of a target step, at T = 0.8 under a JSON schema.
     """
     n = logits.shape[-1]
     if k >= n:
@@ -176,7 +181,12 @@ def _top_k_ids(logits: np.ndarray, k: int) -> np.ndarray:
     width = n // k
     if width >= 2:
         floor = logits[: width * k].reshape(k, width).max(axis=1).min()
-        cand = np.flatnonzero(logits >= floor)  # ascending ids, at least k of them
+        if floor == -np.inf:
+            cand = np.flatnonzero(logits > -np.inf)
+            if len(cand) <= k:
+                return cand
+        else:
+            cand = np.flatnonzero(logits >= floor)  # ascending ids, at least k of them
     else:
         cand = np.arange(n)
     vals = logits[cand]
