@@ -410,7 +410,7 @@ class SharedMatchAcceptance(MatchAcceptance):
 
     def __init__(self, prior_weight: float = 4.0, window: int = 64) -> None:
         super().__init__(prior_weight, window)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # profile() reads through __call__
         self._prior_weight = prior_weight
 
     def _fit(self) -> list[float]:
@@ -438,8 +438,8 @@ class SharedMatchAcceptance(MatchAcceptance):
             super().add(length, accepted)
 
     def profile(self, match_len: int, k_max: int) -> list[float]:
-        with self._lock:
-            return [MatchAcceptance.__call__(self, match_len + i) for i in range(k_max)]
+        with self._lock:  # one fit for the whole profile
+            return super().profile(match_len, k_max)
 
 
 def _isotonic(values: Sequence[float], weights: Sequence[float]) -> list[float]:
